@@ -1,0 +1,368 @@
+"""Tensors in and out: nested JSON, flat JSON, npy_base64, raw .npy and .npz.
+
+Decoding goes from bytes straight to numpy (orjson's lists through
+`np.array`, or the .npy header and `np.frombuffer`), never element by
+element through pydantic. A codec knows nothing about pooling.
+
+A decoded tensor is a native-byte-order numpy array plus the service's dtype
+name: bfloat16, which numpy lacks, travels as float32 until it reaches torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pybase64
+
+from app.errors import InvalidParameters, TooLarge, UndecodableBody
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+INT_DTYPES = ("uint8", "int8", "int16", "int32", "int64")
+DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+# The numpy dtype that carries each service dtype in memory.
+CARRIER: dict[str, np.dtype[Any]] = {name: np.dtype("float32" if name == "bfloat16" else name) for name in DTYPES}
+_NAME_OF: dict[np.dtype[Any], str] = {np.dtype(name): name for name in DTYPES if name != "bfloat16"}
+
+ENCODINGS = ("json", "flat", "npy_base64")
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+NPY_MAGIC = b"\x93NUMPY"
+_MAX_NPY_HEADER = 10_000  # numpy's own ceiling on header size
+_WHITESPACE = b" \t\n\r\f\v"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_elements: int
+    max_ndim: int
+
+
+@dataclass
+class Tensor:
+    array: np.ndarray
+    dtype: str
+    encoding: str  # json | flat | npy_base64 | npy
+
+
+def where(loc: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in loc[1:]) if len(loc) > 1 else str(loc[0])
+
+
+def _check_size(shape: Sequence[int], limits: Limits, loc: Sequence[str | int]) -> None:
+    if len(shape) > limits.max_ndim:
+        raise TooLarge(f"{where(loc)} has {len(shape)} dimensions; the limit is {limits.max_ndim}")
+    count = math.prod(shape)
+    if count > limits.max_elements:
+        raise TooLarge(f"{where(loc)} has {count} elements; the limit is {limits.max_elements}")
+
+
+# ---------------------------------------------------------------- JSON in
+
+
+def decode_json_tensor(
+    value: Any,
+    *,
+    loc: tuple[str | int, ...],
+    dtype: str,
+    dtype_given: bool,
+    limits: Limits,
+    maybe_bools: bool,
+    integer_only: bool = False,
+) -> Tensor:
+    """A tensor as a JSON value: a nested array, `{data, shape, dtype}` or `{npy_base64}`.
+
+    `maybe_bools` says the body might hold `true`/`false` inside an array,
+    which numpy would silently read as 1 and 0; only then is every element
+    checked in Python.
+    """
+    if isinstance(value, list):
+        array = _nested_array(value, loc, limits, maybe_bools)
+        return Tensor(_cast(array, dtype, loc), dtype, "json")
+    if not isinstance(value, dict):
+        raise InvalidParameters.at(loc, "a tensor is a nested array, {data, shape, dtype} or {npy_base64}", "tensor_type")
+    if "npy_base64" in value:
+        _only_keys(value, {"npy_base64"}, loc)
+        text = value["npy_base64"]
+        if not isinstance(text, str):
+            raise InvalidParameters.at((*loc, "npy_base64"), "npy_base64 must be a string", "string_type")
+        array = decode_npy(decode_base64(text, loc), limits, loc)
+        name = dtype_of(array, loc, integer_only)
+        if dtype_given and name != dtype and not integer_only:
+            raise _dtype_conflict(loc, name, dtype)
+        return Tensor(array, name, "npy_base64")
+    if "data" in value or "shape" in value:
+        return _flat(value, loc, dtype, dtype_given, limits, maybe_bools, integer_only)
+    raise InvalidParameters.at(loc, "a tensor object needs `data` and `shape`, or `npy_base64`", "tensor_type")
+
+
+def _flat(
+    value: dict[str, Any],
+    loc: tuple[str | int, ...],
+    dtype: str,
+    dtype_given: bool,
+    limits: Limits,
+    maybe_bools: bool,
+    integer_only: bool,
+) -> Tensor:
+    _only_keys(value, {"data", "shape", "dtype"}, loc)
+    shape = value.get("shape")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise InvalidParameters.at((*loc, "shape"), "shape must be a list of non-negative integers", "shape_type")
+    _check_size(shape, limits, loc)
+    own = value.get("dtype")
+    if own is not None:
+        if own not in DTYPES:
+            raise InvalidParameters.at((*loc, "dtype"), f"unknown dtype {own!r}; one of {', '.join(DTYPES)}", "dtype")
+        if integer_only and own not in INT_DTYPES:
+            raise InvalidParameters.at((*loc, "dtype"), f"indices must be integers, not {own}", "dtype")
+        if dtype_given and own != dtype and not integer_only:
+            raise _dtype_conflict(loc, own, dtype)
+        dtype = own
+    data = value.get("data")
+    if not isinstance(data, list):
+        raise InvalidParameters.at((*loc, "data"), "data must be a flat array of numbers", "list_type")
+    array = _nested_array(data, (*loc, "data"), limits, maybe_bools)
+    if array.ndim != 1:
+        raise UndecodableBody(f"{where(loc)}.data must be a flat (one-dimensional) array")
+    if array.size != math.prod(shape):
+        raise UndecodableBody(
+            f"{where(loc)}.data has {array.size} elements but shape {shape} needs {math.prod(shape)}"
+        )
+    return Tensor(_cast(array.reshape(shape), dtype, loc), dtype, "flat")
+
+
+def _nested_array(value: list[Any], loc: tuple[str | int, ...], limits: Limits, maybe_bools: bool) -> np.ndarray:
+    depth, probe = 0, value
+    while isinstance(probe, list):
+        depth += 1
+        if depth > limits.max_ndim:
+            raise TooLarge(f"{where(loc)} is nested more than {limits.max_ndim} deep; the limit is {limits.max_ndim} dimensions")
+        probe = probe[0] if probe else None
+    array = _to_array(value, loc)
+    if array.dtype.kind == "b":
+        raise UndecodableBody(f"{where(loc)} holds booleans; tensors hold numbers")
+    if array.dtype.kind in "OUS" or maybe_bools:
+        # Strings (the non-finite names), nulls or booleans may be inside:
+        # check each element, then build the array again.
+        array = _to_array(_checked(value, loc, 0, limits.max_ndim), loc)
+    _check_size(array.shape, limits, loc)
+    return array
+
+
+def _to_array(value: list[Any], loc: tuple[str | int, ...]) -> np.ndarray:
+    try:
+        return np.array(value)
+    except ValueError:
+        raise UndecodableBody(f"{where(loc)} is ragged: every row of a dimension must have the same length") from None
+
+
+def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int) -> Any:
+    if isinstance(value, list):
+        if depth >= max_depth:
+            raise TooLarge(f"{where(loc)} is nested more than {max_depth} deep")
+        return [_checked(item, loc, depth + 1, max_depth) for item in value]
+    kind = type(value)
+    if kind is int or kind is float:
+        return value
+    if kind is str and value in NONFINITE:
+        return NONFINITE[value]
+    shown = orjson.dumps(value).decode()[:40]
+    raise UndecodableBody(
+        f"{where(loc)} holds {shown}, which is not a number (non-finite values are \"NaN\", \"Infinity\", \"-Infinity\")"
+    )
+
+
+def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...]) -> np.ndarray:
+    target = CARRIER[dtype]
+    if target.kind in "iu":
+        if array.dtype.kind not in "iu":
+            if array.size and array.dtype.kind == "f":
+                raise InvalidParameters.at(loc, f"{dtype} holds integers; the values are not all integers that fit it", "dtype")
+            if array.dtype.kind == "O":
+                raise InvalidParameters.at(loc, f"a value does not fit {dtype}", "dtype")
+            return array.astype(target)
+        info = np.iinfo(target)
+        if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
+            raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
+        return array.astype(target, copy=False)
+    try:
+        with np.errstate(over="raise"):
+            return array.astype(target, copy=False)
+    except (FloatingPointError, OverflowError, TypeError):
+        raise InvalidParameters.at(loc, f"a value is outside the range of {dtype}", "dtype") from None
+
+
+def _only_keys(value: dict[str, Any], allowed: set[str], loc: tuple[str | int, ...]) -> None:
+    extra = sorted(set(value) - allowed)
+    if extra:
+        raise InvalidParameters.at((*loc, extra[0]), f"unknown tensor field {extra[0]!r}", "extra_forbidden")
+
+
+def _dtype_conflict(loc: tuple[str | int, ...], own: str, requested: str) -> InvalidParameters:
+    return InvalidParameters.at(loc, f"the tensor is {own} but the request's dtype says {requested}", "dtype_conflict")
+
+
+def decode_base64(text: str, loc: tuple[str | int, ...]) -> bytearray:
+    """Standard or URL-safe base64, padding optional, whitespace ignored."""
+    raw = text.encode("ascii", errors="replace").translate(None, _WHITESPACE).rstrip(b"=")
+    if len(raw) % 4 == 1:
+        raise UndecodableBody(f"{where(loc)}.npy_base64 is not valid base64 (truncated)")
+    raw += b"=" * (-len(raw) % 4)
+    altchars = b"-_" if (b"-" in raw or b"_" in raw) else None
+    try:
+        return pybase64.b64decode_as_bytearray(raw, altchars=altchars, validate=True)
+    except ValueError:
+        raise UndecodableBody(f"{where(loc)}.npy_base64 is not valid base64") from None
+
+
+# ---------------------------------------------------------------- .npy and .npz in
+
+
+def decode_npy(buf: bytearray | memoryview, limits: Limits, loc: Sequence[str | int]) -> np.ndarray:
+    """A .npy file as an array over `buf` (no copy unless the bytes are big-endian)."""
+    view = memoryview(buf)
+    if len(view) < 10 or view[:6] != NPY_MAGIC:
+        raise UndecodableBody(f"{where(loc)} is not a .npy file")
+    major = view[6]
+    if major == 1:
+        start, header_len = 10, int.from_bytes(view[8:10], "little")
+    elif major in (2, 3):
+        start, header_len = 12, int.from_bytes(view[8:12], "little")
+    else:
+        raise UndecodableBody(f"{where(loc)}: unsupported .npy format version {major}")
+    if header_len > _MAX_NPY_HEADER or start + header_len > len(view):
+        raise UndecodableBody(f"{where(loc)}: the .npy header is truncated or too long")
+    dtype, fortran, shape = _npy_header(bytes(view[start : start + header_len]), loc)
+    _check_size(shape, limits, loc)
+    count = math.prod(shape)
+    offset = start + header_len
+    if len(view) - offset != count * dtype.itemsize:
+        raise UndecodableBody(
+            f"{where(loc)}: the .npy header announces {count * dtype.itemsize} data bytes but {len(view) - offset} follow"
+        )
+    array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    return array
+
+
+def _npy_header(text: bytes, loc: Sequence[str | int]) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
+    try:
+        header = ast.literal_eval(text.decode("latin1"))
+        if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+            raise ValueError
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+        fortran, shape = header["fortran_order"], header["shape"]
+        if not isinstance(fortran, bool) or not isinstance(shape, tuple):
+            raise ValueError
+        if not all(type(n) is int and n >= 0 for n in shape):
+            raise ValueError
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise UndecodableBody(f"{where(loc)}: the .npy header cannot be read") from None
+    if dtype.hasobject:
+        raise UndecodableBody(f"{where(loc)}: object (pickled) arrays are never loaded")
+    return dtype, fortran, shape
+
+
+def dtype_of(array: np.ndarray, loc: Sequence[str | int], integer_only: bool = False) -> str:
+    """The service's name for a decoded array's dtype, or a 422 that says why not."""
+    native = array.dtype.newbyteorder("=") if array.dtype.byteorder not in "=|" else array.dtype
+    name = _NAME_OF.get(native)
+    if name is None:
+        kind = array.dtype.kind
+        if kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:
+            why = "a .npy cannot carry bfloat16; send bfloat16 as nested or flat JSON with dtype bfloat16"
+        elif kind == "b":
+            why = "bool tensors are not supported"
+        elif kind == "c":
+            why = "complex tensors are not supported"
+        else:
+            why = f"dtype {array.dtype.str} is not supported; one of {', '.join(n for n in DTYPES if n != 'bfloat16')}"
+        raise InvalidParameters.at(tuple(loc), why, "dtype")
+    if integer_only and array.dtype.kind not in "iu":
+        raise InvalidParameters.at(tuple(loc), f"indices must be integers, not {name}", "dtype")
+    return name
+
+
+def decode_npz(buf: bytearray, members: set[str], limits: Limits) -> dict[str, np.ndarray]:
+    """An uncompressed .npz whose members are exactly some of `members`."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(buf))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise UndecodableBody("the body is not a readable .npz archive") from None
+    arrays: dict[str, np.ndarray] = {}
+    for info in infos:
+        name = info.filename.removesuffix(".npy")
+        if name not in members or name in arrays:
+            raise UndecodableBody(f".npz member {info.filename!r} is unknown or repeated; expected {sorted(members)}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise UndecodableBody(f".npz member {info.filename!r} is compressed; store members uncompressed (np.savez)")
+        if info.file_size > len(buf):
+            raise UndecodableBody(f".npz member {info.filename!r} claims more bytes than the body holds")
+        member = bytearray(info.file_size)
+        try:
+            with archive.open(info) as stream:
+                if stream.readinto(member) != info.file_size:
+                    raise zipfile.BadZipFile
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise UndecodableBody(f".npz member {info.filename!r} cannot be read") from None
+        arrays[name] = decode_npy(member, limits, ("body", name))
+    return arrays
+
+
+# ---------------------------------------------------------------- out
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return header.getvalue() + array.tobytes()
+
+
+def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            archive.writestr(f"{name}.npy", encode_npy(array))
+    return out.getvalue()
+
+
+def nested_json(array: np.ndarray) -> bytes:
+    """An array as nested JSON, non-finite floats as "NaN", "Infinity", "-Infinity".
+
+    orjson writes non-finite floats as null; the nulls are replaced in order,
+    so the cost is per non-finite value, not per element.
+    """
+    array = np.ascontiguousarray(array)
+    raw = orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+    if array.dtype.kind != "f":
+        return raw
+    bad = array[~np.isfinite(array)]
+    if bad.size == 0:
+        return raw
+    names = [b'"NaN"' if math.isnan(v) else (b'"Infinity"' if v > 0 else b'"-Infinity"') for v in bad.tolist()]
+    parts = raw.split(b"null")
+    out = [parts[0]]
+    for name, part in zip(names, parts[1:], strict=True):
+        out += (name, part)
+    return b"".join(out)
+
+
+def json_tensor(array: np.ndarray, dtype: str, encoding: str) -> Any:
+    """A tensor for a JSON response, in one of `ENCODINGS`."""
+    if encoding == "npy_base64":
+        return {"npy_base64": pybase64.b64encode(encode_npy(array)).decode("ascii")}
+    if encoding == "flat":
+        return {"data": orjson.Fragment(nested_json(array.reshape(-1))), "shape": list(array.shape), "dtype": dtype}
+    return orjson.Fragment(nested_json(array))

@@ -1,0 +1,95 @@
+"""Where and how the pooling runs: the device, a bounded thread pool, inference mode.
+
+Computation leaves the event loop for a pool of `max_concurrency` threads, so
+the server keeps answering while tensors are pooled. Arrays go to the device
+once and come back once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from app.settings import Settings
+
+T = TypeVar("T")
+
+TORCH_DTYPE = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class DeviceUnavailable(RuntimeError):
+    """The configured device is not present; the service refuses to start."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceUnavailable(f"POOL_DEVICE={name} but no such CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"POOL_DEVICE={name} but MPS is not available")
+    return device
+
+
+class Executor:
+    def __init__(self, settings: Settings) -> None:
+        self.device = resolve_device(settings.device)
+        torch.set_num_threads(settings.torch_threads)
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="pool")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
+
+    @staticmethod
+    def _inference(fn: Callable[..., T], *args: Any) -> T:
+        with torch.inference_mode():
+            return fn(*args)
+
+    def to_device(self, array: np.ndarray, dtype: str) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        return tensor.to(device=self.device, dtype=TORCH_DTYPE[dtype])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A result back on the host; bfloat16, which numpy lacks, as float32 (exact)."""
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.to(torch.float32)
+    return tensor.cpu().numpy()
+
+
+def with_half_fallback(compute: Callable[..., Any], x: torch.Tensor, *args: Any) -> Any:
+    """Run `compute`; where torch lacks a float16/bfloat16 kernel on this device
+    (avg_pool3d on the CPU), run it in float32 and round the result back."""
+    try:
+        return compute(x, *args)
+    except (RuntimeError, NotImplementedError) as exc:
+        if x.dtype not in _HALF or "not implemented for" not in str(exc):
+            raise
+    out, indices = compute(x.float(), *args)
+    return out.to(x.dtype), indices

@@ -1,0 +1,72 @@
+"""The ASGI application: `create_app(settings)` builds one; `app.main:app` is the default.
+
+`app` is built on first access rather than at import, so importing this
+module (as the tests do) reads no environment and starts no thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
+
+from app import __version__
+from app.codecs import Limits
+from app.errors import install_error_handlers
+from app.execution import Executor
+from app.pipeline import Runtime
+from app.routes import install_routes
+from app.settings import Settings
+
+DESCRIPTION = """\
+Every pooling operation of modern deep learning — max, average, Lp, adaptive,
+global, fractional and unpooling in 1D, 2D and 3D — computed by PyTorch on the
+tensors you send. Send nested JSON, flat JSON, base64 `.npy` or a raw `.npy`
+body to `POST /pool/{op}`; `GET /pool` lists the operations and their
+parameters. Errors are `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    executor = Executor(settings)
+    runtime = Runtime(
+        executor=executor,
+        limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.close()
+
+    app = FastAPIOffline(
+        title="Pooling service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True},
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+    install_error_handlers(app)
+    install_routes(app, settings)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

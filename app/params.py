@@ -1,0 +1,200 @@
+"""Pydantic models of the pooling parameters, built per operation from one field table.
+
+Every parameter is declared once in `FIELDS` as a function of the spatial
+rank; an operation's model is the base fields plus the parameters its family
+names. Validation is strict (no `"2"` for 2, no `true` for 1) and an unknown
+field is an error, so a typo such as `kernal_size` is never ignored.
+
+Spatial parameters accept an int or one int per spatial dimension and are
+normalised to a list of `rank` ints (torch's `_ntuple`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic_core import PydanticCustomError
+
+from app.codecs import DTYPES, ENCODINGS
+
+TENSOR_SCHEMA: dict[str, Any] = {
+    "description": (
+        "A tensor: a nested array of numbers in (N, C, *spatial) or (C, *spatial) layout, "
+        '{"data": [...], "shape": [...], "dtype": "..."}, or {"npy_base64": "..."}. '
+        'Non-finite values are the strings "NaN", "Infinity" and "-Infinity".'
+    ),
+    "anyOf": [
+        {"type": "array", "items": {}},
+        {
+            "type": "object",
+            "properties": {
+                "data": {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "string"}]}},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "dtype": {"type": "string", "enum": list(DTYPES)},
+            },
+            "required": ["data", "shape"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"npy_base64": {"type": "string", "contentEncoding": "base64"}},
+            "required": ["npy_base64"],
+            "additionalProperties": False,
+        },
+    ],
+}
+# Tensors are decoded by the codecs, not by pydantic: the field only carries
+# the schema for the docs, and validating `Any` costs nothing per element.
+TensorField = Annotated[Any, WithJsonSchema(TENSOR_SCHEMA)]
+
+
+def _per_dimension(rank: int, item: dict[str, Any], what: str, optional: bool) -> Callable[[Any], Any]:
+    def broadcast(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, list):
+            if len(value) != rank:
+                raise PydanticCustomError(
+                    "per_dimension", "expected {what}, or a list of {rank}", {"what": what, "rank": rank}
+                )
+            return value
+        if _is_scalar(value, item):
+            return [value] * rank
+        raise PydanticCustomError("per_dimension", "expected {what}, or a list of {rank}", {"what": what, "rank": rank})
+
+    return broadcast
+
+
+def _is_scalar(value: Any, item: dict[str, Any]) -> bool:
+    if isinstance(value, bool):
+        return False
+    if value is None:
+        return item.get("nullable", False)
+    if item["type"] == "integer":
+        return isinstance(value, int)
+    return isinstance(value, (int, float))
+
+
+def spatial(rank: int, item_type: Any, item_schema: dict[str, Any], what: str, optional: bool = False) -> Any:
+    """An int (or float) for every spatial dimension, or a list of `rank` of them; `None` too if `optional`."""
+    schema = {k: v for k, v in item_schema.items() if k != "nullable"}
+    if item_schema.get("nullable"):
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    choices = [schema, {"type": "array", "items": schema, "minItems": rank, "maxItems": rank}]
+    if optional:
+        choices.append({"type": "null"})
+    return Annotated[
+        list[item_type] | None if optional else list[item_type],
+        BeforeValidator(_per_dimension(rank, item_schema, what, optional)),
+        WithJsonSchema({"anyOf": choices}),
+    ]
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+OptionalSize = Annotated[int, Field(ge=1)] | None
+Ratio = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _norm_type(value: Any) -> Any:
+    if value == "Infinity":
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("norm_type", 'norm_type is a positive number or "Infinity"')
+    return float(value)
+
+
+NormType = Annotated[
+    float,
+    BeforeValidator(_norm_type),
+    Field(gt=0),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "Infinity"}]}),
+]
+
+
+def _spatial_ints(rank: int, minimum: int, optional: bool = False) -> Any:
+    what = "a positive integer" if minimum else "a non-negative integer"
+    item = PositiveInt if minimum else NonNegativeInt
+    return spatial(rank, item, {"type": "integer", "minimum": minimum}, what, optional)
+
+
+def _required(annotation: Any, description: str) -> tuple[Any, Any]:
+    return annotation, Field(..., description=description)
+
+
+def _optional(annotation: Any, default: Any, description: str) -> tuple[Any, Any]:
+    return annotation, Field(default, description=description)
+
+
+# name -> rank -> (annotation, FieldInfo)
+FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
+    "kernel_size": lambda r: _required(_spatial_ints(r, 1), "Window size: an int, or one per spatial dimension."),
+    "stride": lambda r: _optional(_spatial_ints(r, 1, optional=True), None, "Step between windows; default: kernel_size."),
+    "padding": lambda r: _optional(
+        _spatial_ints(r, 0), 0, "Implicit padding on both sides of each spatial dimension, at most half the kernel."
+    ),
+    "dilation": lambda r: _optional(_spatial_ints(r, 1), 1, "Spacing between window elements."),
+    "ceil_mode": lambda r: _optional(bool, False, "Round the output size up instead of down."),
+    "return_indices": lambda r: _optional(bool, False, "Also return the argmax positions as `indices`."),
+    "count_include_pad": lambda r: _optional(bool, True, "Count zero-padding in the average's divisor."),
+    "divisor_override": lambda r: _optional(
+        PositiveInt | None, None, "Divide every window's sum by this number instead of its size."
+    ),
+    "norm_type": lambda r: _required(NormType, 'The power p of the Lp norm: a positive number or "Infinity".'),
+    "adaptive_output_size": lambda r: _required(
+        spatial(r, OptionalSize, {"type": "integer", "minimum": 1, "nullable": True}, "a positive integer or null"),
+        "Output spatial size: an int, or one per spatial dimension; null keeps that input size.",
+    ),
+    "fractional_output_size": lambda r: _optional(
+        _spatial_ints(r, 1, optional=True), None, "Output spatial size. Give exactly one of output_size and output_ratio."
+    ),
+    "output_ratio": lambda r: _optional(
+        spatial(r, Ratio, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "a number in (0, 1)", True),
+        None,
+        "Output size as a fraction of the input size, each in (0, 1).",
+    ),
+    "random_seed": lambda r: _optional(
+        Annotated[int, Field(ge=0, lt=2**63)] | None,
+        None,
+        "Seed of the random window offsets; the same seed gives the same output. Default: one is drawn and returned.",
+    ),
+    "unpool_output_size": lambda r: _optional(
+        list[NonNegativeInt] | None,
+        None,
+        "Output size: the spatial sizes, or the full shape; default (in - 1) * stride - 2 * padding + kernel.",
+    ),
+    "indices": lambda r: _required(
+        TensorField, "The argmax indices from the max pooling, shaped as input (plane layout)."
+    ),
+}
+
+# Fields whose public name differs from their key in FIELDS.
+PUBLIC_NAME = {
+    "adaptive_output_size": "output_size",
+    "fractional_output_size": "output_size",
+    "unpool_output_size": "output_size",
+}
+
+
+class PoolParams(BaseModel):
+    """Fields every operation takes."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
+
+    input: TensorField = Field(..., description="The tensor to pool.")
+    dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
+        "float32", description="Element type of a nested or flat input; a .npy input carries its own."
+    )
+    output_encoding: Literal[ENCODINGS] | None = Field(  # type: ignore[valid-type]
+        None, description="How tensors are encoded in a JSON response; default: as the input was."
+    )
+
+
+def build_params_model(op: str, rank: int, field_keys: tuple[str, ...]) -> type[PoolParams]:
+    fields = {PUBLIC_NAME.get(key, key): FIELDS[key](rank) for key in field_keys}
+    title = "".join(part.capitalize() for part in op.replace("-", " ").split()) + "Params"
+    model: type[PoolParams] = create_model(title, __base__=PoolParams, **fields)  # type: ignore[call-overload]
+    return model

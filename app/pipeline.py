@@ -1,0 +1,283 @@
+"""One pooling request from bytes to bytes: read, decode, validate, compute, encode.
+
+The checks run in the contract's order: body size (413), media type (415),
+`Accept` (406), decoding (400), element counts (413), parameters against
+the tensor (422), the output's size (413); only then does anything compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from pydantic import ValidationError
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app import codecs
+from app.catalogue import OpSpec
+from app.codecs import Limits, Tensor
+from app.errors import InvalidParameters, TooLarge, UndecodableBody, validation_problem
+from app.execution import Executor, to_numpy, with_half_fallback
+from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
+
+log = logging.getLogger("app.pipeline")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every request needs, built once at start."""
+
+    executor: Executor
+    limits: Limits
+    max_body_bytes: int
+
+
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The body, refused as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise UndecodableBody("Content-Length is not a number") from None
+        if size > limit:
+            raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+    return body
+
+
+def parse_json_body(raw: bytearray) -> dict[str, Any]:
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableBody(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidParameters.at(("body",), "the body must be a JSON object of parameters and tensors", "model_type")
+    return document
+
+
+def query_value(text: str) -> Any:
+    """A query parameter: JSON where it parses, else a comma-separated list of numbers, else the word."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    if "," in text:
+        try:
+            return [orjson.loads(part) for part in text.split(",")]
+        except orjson.JSONDecodeError:
+            pass
+    return text
+
+
+def query_fields(query: QueryParams) -> dict[str, Any]:
+    fields = {}
+    for key in query.keys():
+        values = query.getlist(key)
+        if len(values) > 1:
+            raise InvalidParameters.at(("query", key), f"{key} is given {len(values)} times", "repeated")
+        fields[key] = query_value(values[0])
+    return fields
+
+
+def _request_dtype(fields: dict[str, Any]) -> tuple[str, bool]:
+    if "dtype" not in fields:
+        return "float32", False
+    dtype = fields["dtype"]
+    if dtype not in codecs.DTYPES:
+        raise InvalidParameters.at(
+            ("body", "dtype"), f"unknown dtype {dtype!r}; one of {', '.join(codecs.DTYPES)}", "literal_error"
+        )
+    return dtype, True
+
+
+def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, ...]) -> bool:
+    """Whether `true`/`false` may stand inside a tensor: more of them in the body
+    than the parameters account for. Cheap (a byte count), and never wrong in the
+    unsafe direction: a false alarm only costs a slower, exact check."""
+    expected = sum(1 for key, value in fields.items() if key not in tensors and isinstance(value, bool))
+    return raw.count(b"true") + raw.count(b"false") > expected
+
+
+def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    fields = parse_json_body(raw)
+    names = ("input", *spec.family.extra_tensors)
+    dtype, dtype_given = _request_dtype(fields)
+    maybe_bools = _loose_booleans(raw, fields, names)
+    tensors = {}
+    for name in names:
+        if name not in fields:
+            raise InvalidParameters.at(("body", name), "Field required", "missing")
+        is_input = name == "input"
+        tensors[name] = codecs.decode_json_tensor(
+            fields[name],
+            loc=("body", name),
+            dtype=dtype if is_input else "int64",
+            dtype_given=dtype_given and is_input,
+            limits=limits,
+            maybe_bools=maybe_bools,
+            integer_only=not is_input,
+        )
+    return fields, tensors
+
+
+def decode_binary_request(
+    raw: bytearray, kind: str, query: QueryParams, spec: OpSpec, limits: Limits
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    fields = query_fields(query)
+    names = ("input", *spec.family.extra_tensors)
+    for name in names:
+        if name in fields:
+            raise InvalidParameters.at(("query", name), f"{name} travels in the body, not in the query", "tensor_in_query")
+    if kind == "npy":
+        if spec.family.extra_tensors:
+            raise UndecodableBody(f"{spec.name} takes {' and '.join(names)}: send them as an .npz")
+        arrays = {"input": codecs.decode_npy(raw, limits, ("body",))}
+    else:
+        arrays = codecs.decode_npz(raw, set(names), limits)
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            raise UndecodableBody(f"the .npz lacks the member {missing[0]}.npy")
+    tensors = {}
+    for name, array in arrays.items():
+        is_input = name == "input"
+        dtype = codecs.dtype_of(array, ("body", name), integer_only=not is_input)
+        tensors[name] = Tensor(array, dtype, kind)
+    requested = fields.get("dtype")
+    if requested is not None and requested != tensors["input"].dtype:
+        raise InvalidParameters.at(
+            ("query", "dtype"), f"the .npy is {tensors['input'].dtype} but dtype says {requested}", "dtype_conflict"
+        )
+    for name in names:
+        fields[name] = None  # tensors are decoded; the model checks the rest
+    return fields, tensors
+
+
+def check_tensor(spec: OpSpec, tensors: dict[str, Tensor]) -> tuple[int, ...]:
+    """Rank, sizes and dtype of the input for this op; the batched shape."""
+    x = tensors["input"]
+    shape = x.array.shape
+    rank = spec.rank
+    if len(shape) not in (rank + 1, rank + 2):
+        layout = "(N, C, " + ", ".join(["L"] if rank == 1 else ["H", "W"] if rank == 2 else ["D", "H", "W"]) + ")"
+        raise InvalidParameters.at(
+            ("body", "input"),
+            f"{spec.name} takes {rank + 2} dimensions {layout} or {rank + 1} without the batch; got {len(shape)}",
+            "rank",
+        )
+    batched = shape if len(shape) == rank + 2 else (1, *shape)
+    if 0 in batched[1:]:
+        raise InvalidParameters.at(
+            ("body", "input"), f"shape {list(shape)} has a zero-sized channel or spatial dimension", "empty"
+        )
+    if x.dtype not in spec.family.dtypes:
+        kinds = "floating-point" if spec.family.dtypes == codecs.FLOAT_DTYPES else ", ".join(spec.family.dtypes)
+        raise InvalidParameters.at(("body", "input"), f"{spec.name} takes {kinds} tensors, not {x.dtype}", "dtype")
+    for name in spec.family.extra_tensors:
+        if tensors[name].array.shape != shape:
+            raise InvalidParameters.at(
+                ("body", name), f"{name} has shape {list(tensors[name].array.shape)}; it must match input's {list(shape)}", "shape"
+            )
+    return tuple(batched)
+
+
+def validate_params(spec: OpSpec, fields: dict[str, Any], prefix: str) -> Any:
+    try:
+        return spec.params.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_problem(exc, (prefix,), spec.params.model_fields) from None
+
+
+def compute(executor: Executor, spec: OpSpec, params: Any, tensors: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Runs in the compute pool: to the device, pool, back to the host."""
+    x = tensors["input"]
+    batched = x.array.ndim == spec.rank + 2
+    tensor = executor.to_device(x.array, x.dtype)
+    extra = {name: executor.to_device(tensors[name].array, "int64") for name in spec.family.extra_tensors}
+    if not batched:
+        tensor = tensor.unsqueeze(0)
+        extra = {name: value.unsqueeze(0) for name, value in extra.items()}
+    try:
+        out, indices = with_half_fallback(spec.compute, tensor, params, extra)
+    except (RuntimeError, ValueError) as exc:
+        # The pre-checks should have caught this; never let it become a 500.
+        log.warning("%s refused by torch after validation: %s", spec.name, exc)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidParameters(f"{spec.name} cannot run on this input: {first_line}") from None
+    if not batched:
+        out = out.squeeze(0)
+        indices = indices.squeeze(0) if indices is not None else None
+    return to_numpy(out), to_numpy(indices) if indices is not None else None
+
+
+async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Response:
+    raw = await read_body(request, runtime.max_body_bytes)
+    kind = body_kind(request.headers.get("content-type"))
+    answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
+    if kind == "json":
+        if request.query_params:
+            name = next(iter(request.query_params.keys()))
+            raise InvalidParameters.at(("query", name), "with a JSON body, parameters go in the body", "query_with_json")
+        fields, tensors = decode_json_request(raw, spec, runtime.limits)
+        prefix = "body"
+    else:
+        fields, tensors = decode_binary_request(raw, kind, request.query_params, spec, runtime.limits)
+        prefix = "query"
+    params = validate_params(spec, fields, prefix)
+    batched = check_tensor(spec, tensors)
+    out_shape = spec.output_shape(params, batched)
+    if math.prod(out_shape) > runtime.limits.max_elements:
+        raise TooLarge(f"the output would have {math.prod(out_shape)} elements; the limit is {runtime.limits.max_elements}")
+    x = tensors["input"]
+    encoding = params.output_encoding or ("npy_base64" if kind != "json" else x.encoding)
+    if x.dtype == "bfloat16" and (answer != JSON or encoding == "npy_base64"):
+        raise InvalidParameters.at(
+            (prefix, "output_encoding"), "a .npy cannot carry bfloat16: ask for JSON (json or flat encoding)", "bfloat16_npy"
+        )
+    if "random_seed" in type(params).model_fields and params.random_seed is None:
+        params.random_seed = secrets.randbits(63)
+
+    out, indices = await runtime.executor.run(compute, runtime.executor, spec, params, tensors)
+    return encode_response(spec, params, x.dtype, out, indices, answer, encoding, runtime.executor.device)
+
+
+def encode_response(
+    spec: OpSpec,
+    params: Any,
+    dtype: str,
+    out: np.ndarray,
+    indices: np.ndarray | None,
+    answer: str,
+    encoding: str,
+    device: torch.device,
+) -> Response:
+    seed = getattr(params, "random_seed", None)
+    headers = {"X-Random-Seed": str(seed)} if seed is not None else None
+    if answer == NPY:
+        return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)
+    if answer == NPZ:
+        arrays = {"output": out} if indices is None else {"output": out, "indices": indices}
+        return Response(codecs.encode_npz(arrays), media_type=NPZ, headers=headers)
+    body: dict[str, Any] = {
+        "op": spec.name,
+        "shape": list(out.shape),
+        "dtype": dtype,
+        "output": codecs.json_tensor(out, dtype, encoding),
+        "indices": codecs.json_tensor(indices, "int64", encoding) if indices is not None else None,
+        "device": str(device),
+    }
+    if seed is not None:
+        body["random_seed"] = seed
+    return Response(orjson.dumps(body), media_type=JSON)

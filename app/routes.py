@@ -1,0 +1,220 @@
+"""HTTP routes, generated from the catalogue: one `POST /pool/{op}` per operation,
+`GET /pool`, and the service routes (`/healthz`, `/readyz`, `/info`).
+
+Routes only connect the pipeline to HTTP; request bodies are read by the
+pipeline, so the OpenAPI request schemas are declared here for the docs only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import torch
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from app import __version__
+from app.catalogue import CATALOGUE, OpSpec
+from app.codecs import DTYPES
+from app.errors import PROBLEM_JSON
+from app.params import TENSOR_SCHEMA, TensorField
+from app.pipeline import Runtime, run_operation
+from app.settings import Settings
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class PoolResponse(BaseModel):
+    op: str = Field(description="The operation that ran.")
+    shape: list[int] = Field(description="The output's shape.")
+    dtype: str = Field(description="The output's dtype (the input's).")
+    output: TensorField = Field(description="The pooled tensor, in the requested encoding.")
+    indices: TensorField | None = Field(
+        description="int64 argmax positions, shaped as the output, when return_indices is true; else null."
+    )
+    device: str = Field(description="Where the pooling ran.")
+    random_seed: int | None = Field(None, description="Fractional ops only: the seed that was used.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "model": Problem, "content": {PROBLEM_JSON: {}}}
+    for status, text in {
+        400: "The body or a tensor cannot be decoded",
+        404: "Unknown operation",
+        406: "Accept names nothing the service produces",
+        413: "Body, tensor or result over a limit",
+        415: "Unsupported Content-Type",
+        422: "Invalid parameters, or parameters invalid for this tensor",
+    }.items()
+}
+
+BINARY_NOTE = (
+    "\n\nBinary form: send the raw `.npy` as the body with `Content-Type: application/x-npy` "
+    "(or an uncompressed `.npz` with members `input`{extra} as `application/x-npz`) and the parameters as "
+    "query parameters (`?kernel_size=3,2&return_indices=true`). The answer follows `Accept`: "
+    "`application/x-npz` (default for binary requests), `application/x-npy` (the output alone) "
+    "or `application/json`."
+)
+
+
+def _describe(spec: OpSpec) -> str:
+    family = spec.family
+    extra = "".join(f" and `{name}`" for name in family.extra_tensors)
+    dtypes = ", ".join(family.dtypes)
+    text = (
+        f"{family.summary} over {spec.rank} spatial dimension{'s' if spec.rank > 1 else ''}, "
+        f"as `{spec.reference}`.\n\nInput layout `(N, C, *spatial)` or unbatched `(C, *spatial)`. "
+        f"Dtypes: {dtypes}."
+    )
+    if family.has_indices:
+        text += " With `return_indices`, `indices` holds the argmax positions (flat within each spatial plane)."
+    return text + BINARY_NOTE.format(extra=extra)
+
+
+def _request_body(spec: OpSpec) -> dict[str, Any]:
+    schema = spec.params.model_json_schema()
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    json_content: dict[str, Any] = {"schema": schema}
+    examples = spec.family.examples(spec.rank)
+    if examples:
+        json_content["examples"] = examples
+    return {
+        "required": True,
+        "content": {"application/json": json_content, "application/x-npy": binary, "application/x-npz": binary},
+    }
+
+
+def _operation_route(spec: OpSpec) -> Any:
+    async def pool(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        return await run_operation(spec, request, runtime)
+
+    pool.__name__ = f"pool_{spec.name.replace('-', '_')}"
+    return pool
+
+
+def _parameter_rows(spec: OpSpec) -> list[dict[str, Any]]:
+    schema = spec.params.model_json_schema()
+    required = set(schema.get("required", []))
+    rows = []
+    for name, prop in schema["properties"].items():
+        info = spec.params.model_fields[name]
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        rows.append(
+            {
+                "name": name,
+                "required": name in required,
+                "default": default,
+                "schema": {k: v for k, v in prop.items() if k not in ("description", "title", "default")},
+                "description": prop.get("description", ""),
+            }
+        )
+    return rows
+
+
+def catalogue_listing() -> dict[str, Any]:
+    return {
+        "operations": [
+            {
+                "name": spec.name,
+                "family": spec.family.name,
+                "rank": spec.rank,
+                "reference": spec.reference,
+                "summary": spec.family.summary,
+                "dtypes": list(spec.family.dtypes),
+                "returns_indices": spec.family.has_indices,
+                "tensors": ["input", *spec.family.extra_tensors],
+                "parameters": _parameter_rows(spec),
+            }
+            for spec in CATALOGUE.values()
+        ],
+        "dtypes": list(DTYPES),
+        "tensor": TENSOR_SCHEMA,
+    }
+
+
+def pool_router() -> APIRouter:
+    router = APIRouter(prefix="/pool", tags=["pooling"])
+    listing = catalogue_listing()  # built once: it depends only on the catalogue
+
+    @router.get("", summary="List every operation with its parameters", operation_id="pool-list")
+    async def list_operations() -> Response:
+        return json_response(listing)
+
+    for spec in CATALOGUE.values():
+        router.add_api_route(
+            f"/{spec.name}",
+            _operation_route(spec),
+            methods=["POST"],
+            operation_id=f"pool-{spec.name}",
+            summary=f"{spec.family.summary} ({spec.rank}D)",
+            description=_describe(spec),
+            tags=[spec.family.name],
+            response_class=Response,
+            responses={
+                200: {
+                    "description": "The pooled tensor",
+                    "model": PoolResponse,
+                    "content": {"application/x-npy": {}, "application/x-npz": {}},
+                },
+                **ERROR_RESPONSES,
+            },
+            openapi_extra={"requestBody": _request_body(spec)},
+        )
+    return router
+
+
+def service_router(settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["service"])
+
+    @router.get("/healthz", summary="Alive", operation_id="healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Ready to compute", operation_id="readyz")
+    async def readyz(request: Request) -> Response:
+        ready = getattr(request.app.state, "runtime", None) is not None
+        return json_response({"status": "ready" if ready else "starting"}, 200 if ready else 503)
+
+    @router.get("/info", summary="Version, device and limits", operation_id="info")
+    async def info(request: Request) -> dict[str, Any]:
+        runtime: Runtime = request.app.state.runtime
+        return {
+            "version": __version__,
+            "torch_version": torch.__version__,
+            "device": str(runtime.executor.device),
+            "auth": bool(settings.api_keys),
+            "limits": {
+                "max_body_bytes": settings.max_body_bytes,
+                "max_elements": settings.max_elements,
+                "max_ndim": settings.max_ndim,
+                "max_concurrency": settings.max_concurrency,
+            },
+        }
+
+    return router
+
+
+def install_routes(app: FastAPI, settings: Settings) -> None:
+    app.include_router(service_router(settings))
+    app.include_router(pool_router())

@@ -1,0 +1,58 @@
+"""Service settings, read once at start from `POOL_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Every field is an environment variable: `device` is `POOL_DEVICE`."""
+
+    model_config = SettingsConfigDict(env_prefix="POOL_", extra="ignore")
+
+    device: str = Field(
+        "auto",
+        description="Where tensors are pooled: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; empty leaves the service open.",
+    )
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    max_elements: int = Field(16_777_216, ge=1, description="Largest element count of any input or output tensor.")
+    max_ndim: int = Field(6, ge=1, le=32, description="Most dimensions a tensor may have.")
+    max_concurrency: int = Field(2, ge=1, description="Computations that run at once.")
+    torch_threads: int = Field(
+        default_factory=available_cores,
+        ge=1,
+        description="Torch intra-op threads (default: the cores this process may use).",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def split_keys(cls, value: object) -> object:
+        # A comma-separated string, as an environment variable carries it.
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def known_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        kind, _, index = value.partition(":")
+        if kind not in {"auto", "cpu", "cuda", "mps"} or (index and (kind != "cuda" or not index.isdigit())):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return value
