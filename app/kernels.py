@@ -118,7 +118,10 @@ def avg_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Resu
 
 def lp_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
     rank = len(p.kernel_size)
-    return _LP[rank](x, p.norm_type, p.kernel_size, p.stride or p.kernel_size, p.ceil_mode), None
+    kernel, stride = p.kernel_size, p.stride or p.kernel_size
+    if rank == 1:  # lp_pool1d multiplies by kernel_size, so it must be an int there
+        kernel, stride = kernel[0], stride[0]
+    return _LP[rank](x, p.norm_type, kernel, stride, p.ceil_mode), None
 
 
 # ---------------------------------------------------------------- adaptive and global
@@ -190,10 +193,13 @@ def fractional_sizes(params: Any, shape: Shape) -> list[int]:
     for dim, (size, out, kernel) in enumerate(zip(spatial, sizes, params.kernel_size, strict=True)):
         if out < 1:
             raise _fail(given, f"the output would be empty in spatial dimension {dim} (input size {size})")
-        if out + kernel - 1 > size:
+        # torch allows the last window to end at the border in 2-D but not in 3-D.
+        reach = out + kernel - 1 if rank == 2 else out + kernel
+        if reach > size:
+            bound = "exceeds" if rank == 2 else "reaches"
             raise _fail(
                 given,
-                f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 exceeds the input size {size}",
+                f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 {bound} the input size {size}",
             )
     return sizes
 

@@ -162,9 +162,13 @@ FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
         "Seed of the random window offsets; the same seed gives the same output. Default: one is drawn and returned.",
     ),
     "unpool_output_size": lambda r: _optional(
-        list[NonNegativeInt] | None,
+        Annotated[
+            list[NonNegativeInt] | None,
+            BeforeValidator(lambda v: [v] * r if isinstance(v, int) and not isinstance(v, bool) else v),
+        ],
         None,
-        "Output size: the spatial sizes, or the full shape; default (in - 1) * stride - 2 * padding + kernel.",
+        "Output size: an int, the spatial sizes, or the full shape; "
+        "default (in - 1) * stride - 2 * padding + kernel.",
     ),
     "indices": lambda r: _required(
         TensorField, "The argmax indices from the max pooling, shaped as input (plane layout)."

@@ -1,0 +1,94 @@
+"""Shared fixtures: an app built with test settings, talked to through httpx."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio.from_thread
+import httpx
+import numpy as np
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+
+
+class Client:
+    """A synchronous face on `httpx.AsyncClient` over `httpx.ASGITransport`:
+    the app runs in process, on an event loop in a helper thread."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.app = create_app(Settings(device="cpu", torch_threads=1, **settings))
+        self._portal_context = anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_context.__enter__()
+        transport = httpx.ASGITransport(app=self.app)
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self._portal.call(lambda: self._client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        self._portal.call(self._client.aclose)
+        self._portal_context.__exit__(None, None, None)
+        self.app.state.runtime.executor.close()
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Client]:
+    test_client = Client()
+    yield test_client
+    test_client.close()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., Client]]:
+    """A client for an app with other settings (small limits, say)."""
+    opened: list[Client] = []
+
+    def build(**settings: Any) -> Client:
+        opened.append(Client(**settings))
+        return opened[-1]
+
+    yield build
+    for test_client in opened:
+        test_client.close()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def load_npz(body: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def assert_problem(response, status: int, *, loc: list | None = None, detail_has: str | None = None) -> dict:
+    """An error answered as problem+json with this status (and a field or text it names)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["title"] and problem["detail"] and problem["type"]
+    assert "Traceback" not in response.text
+    if loc is not None:
+        assert loc in [error["loc"] for error in problem["errors"]], problem
+    if detail_has is not None:
+        assert detail_has.lower() in problem["detail"].lower(), problem
+    return problem
