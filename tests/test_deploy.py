@@ -1,0 +1,61 @@
+"""The Dockerfile and compose file, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.main import create_app
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compose_service() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["pooling"]
+
+
+def test_compose_settings_are_real_settings_and_build_an_app(monkeypatch):
+    environment = _compose_service()["environment"]
+    fields = {f"POOL_{name.upper()}" for name in Settings.model_fields}
+    assert set(environment) <= fields, set(environment) - fields
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value.replace("${POOL_API_KEYS:-}", ""))
+    settings = Settings()
+    assert settings.device == "cpu" and settings.max_concurrency == 2 and settings.api_keys == []
+    app = create_app(settings)
+    app.state.runtime.executor.close()
+
+
+def test_compose_and_dockerfile_agree_on_port_healthcheck_and_command():
+    service = _compose_service()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert service["ports"] == ["8000:8000"] and "EXPOSE 8000" in dockerfile
+    assert "/healthz" in " ".join(service["healthcheck"]["test"]) and "/healthz" in dockerfile
+    assert re.search(r'CMD \["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"', dockerfile)
+    assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE), "the image runs as a non-root user"
+    assert service["deploy"]["resources"]["limits"] == {"cpus": "2", "memory": "4g"}
+
+
+def test_api_keys_come_from_a_comma_separated_variable(monkeypatch):
+    monkeypatch.setenv("POOL_API_KEYS", "alpha, beta,,gamma")
+    assert Settings().api_keys == ["alpha", "beta", "gamma"]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:0"])
+def test_unknown_devices_are_refused_at_start(device):
+    with pytest.raises(ValueError, match="device"):
+        Settings(device=device)
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it comes with the test extras)")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
