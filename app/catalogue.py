@@ -88,7 +88,10 @@ def _max_examples(rank: int) -> dict[str, dict[str, Any]]:
             },
             "flat": {
                 "summary": "a flat tensor, answered flat",
-                "value": {"input": {"data": [1, 1, 2, 4, 5, 6, 7, 8, 3, 2, 1, 0, 1, 2, 3, 4], "shape": [1, 4, 4]}, "kernel_size": 2},
+                "value": {
+                    "input": {"data": [1, 1, 2, 4, 5, 6, 7, 8, 3, 2, 1, 0, 1, 2, 3, 4], "shape": [1, 4, 4]},
+                    "kernel_size": 2,
+                },
             },
         }
     return {"cube": {"summary": "2×2×2 windows", "value": {"input": _ramp(1, 1, 2, 4, 4), "kernel_size": 2}}}
@@ -113,7 +116,12 @@ def _avg_examples(rank: int) -> dict[str, dict[str, Any]]:
 
 def _lp_examples(rank: int) -> dict[str, dict[str, Any]]:
     spatial = (4,) * rank
-    return {"l2": {"summary": "L2 norm of each window", "value": {"input": _ramp(1, 1, *spatial), "norm_type": 2, "kernel_size": 2}}}
+    return {
+        "l2": {
+            "summary": "L2 norm of each window",
+            "value": {"input": _ramp(1, 1, *spatial), "norm_type": 2, "kernel_size": 2},
+        }
+    }
 
 
 def _adaptive_max_examples(rank: int) -> dict[str, dict[str, Any]]:
@@ -137,7 +145,9 @@ def _adaptive_max_examples(rank: int) -> dict[str, dict[str, Any]]:
 
 def _adaptive_avg_examples(rank: int) -> dict[str, dict[str, Any]]:
     spatial = (5,) * rank
-    return {"to-2": {"summary": "to size 2 in each dimension", "value": {"input": _ramp(1, 1, *spatial), "output_size": 2}}}
+    return {
+        "to-2": {"summary": "to size 2 in each dimension", "value": {"input": _ramp(1, 1, *spatial), "output_size": 2}}
+    }
 
 
 def _global_examples(rank: int) -> dict[str, dict[str, Any]]:
@@ -150,7 +160,13 @@ def _fractional_examples(rank: int) -> dict[str, dict[str, Any]]:
     return {
         "seeded": {
             "summary": "to size 3, reproducible through random_seed",
-            "value": {"input": _ramp(1, 1, *spatial), "kernel_size": 2, "output_size": 3, "random_seed": 7, "return_indices": True},
+            "value": {
+                "input": _ramp(1, 1, *spatial),
+                "kernel_size": 2,
+                "output_size": 3,
+                "random_seed": 7,
+                "return_indices": True,
+            },
         },
         "ratio": {
             "summary": "half the size",
@@ -168,60 +184,118 @@ def _unpool_examples(rank: int) -> dict[str, dict[str, Any]]:
             }
         }
     if rank == 1:
-        return {"pairs": {"summary": "undo 2-wide max pooling", "value": {"input": [[[5.0, 7.0]]], "indices": [[[1, 2]]], "kernel_size": 2}}}
-    return {"cube": {"summary": "undo 2×2×2 max pooling", "value": {"input": [[[[[9.0]]]]], "indices": [[[[[7]]]]], "kernel_size": 2}}}
+        return {
+            "pairs": {
+                "summary": "undo 2-wide max pooling",
+                "value": {"input": [[[5.0, 7.0]]], "indices": [[[1, 2]]], "kernel_size": 2},
+            }
+        }
+    return {
+        "cube": {
+            "summary": "undo 2×2×2 max pooling",
+            "value": {"input": [[[[[9.0]]]]], "indices": [[[[[7]]]]], "kernel_size": 2},
+        }
+    }
 
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "max", (1, 2, 3), "max_pool{}d", "Max pooling",
+        "max",
+        (1, 2, 3),
+        "max_pool{}d",
+        "Max pooling",
         (*SLIDING, "padding", "dilation", "ceil_mode", "return_indices"),
-        _same(kernels.sliding_shape), _same(kernels.max_compute),
-        dtypes=DTYPES, has_indices=True, examples=_max_examples,
+        _same(kernels.sliding_shape),
+        _same(kernels.max_compute),
+        dtypes=DTYPES,
+        has_indices=True,
+        examples=_max_examples,
     ),
     Family(
-        "avg", (1, 2, 3), "avg_pool{}d", "Average pooling",
+        "avg",
+        (1, 2, 3),
+        "avg_pool{}d",
+        "Average pooling",
         (*SLIDING, "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-        _same(kernels.sliding_shape), _same(kernels.avg_compute), examples=_avg_examples,
+        _same(kernels.sliding_shape),
+        _same(kernels.avg_compute),
+        examples=_avg_examples,
     ),
     Family(
-        "lp", (1, 2, 3), "lp_pool{}d", "Power-average (Lp) pooling",
+        "lp",
+        (1, 2, 3),
+        "lp_pool{}d",
+        "Power-average (Lp) pooling",
         ("norm_type", *SLIDING, "ceil_mode"),
-        _same(kernels.sliding_shape), _same(kernels.lp_compute), examples=_lp_examples,
+        _same(kernels.sliding_shape),
+        _same(kernels.lp_compute),
+        examples=_lp_examples,
     ),
     Family(
-        "adaptive-max", (1, 2, 3), "adaptive_max_pool{}d", "Adaptive max pooling to a fixed output size",
+        "adaptive-max",
+        (1, 2, 3),
+        "adaptive_max_pool{}d",
+        "Adaptive max pooling to a fixed output size",
         ("adaptive_output_size", "return_indices"),
-        _same(kernels.adaptive_shape), _same(kernels.adaptive_max_compute),
-        has_indices=True, examples=_adaptive_max_examples,
+        _same(kernels.adaptive_shape),
+        _same(kernels.adaptive_max_compute),
+        has_indices=True,
+        examples=_adaptive_max_examples,
     ),
     Family(
-        "adaptive-avg", (1, 2, 3), "adaptive_avg_pool{}d", "Adaptive average pooling to a fixed output size",
+        "adaptive-avg",
+        (1, 2, 3),
+        "adaptive_avg_pool{}d",
+        "Adaptive average pooling to a fixed output size",
         ("adaptive_output_size",),
-        _same(kernels.adaptive_shape), _same(kernels.adaptive_avg_compute), examples=_adaptive_avg_examples,
+        _same(kernels.adaptive_shape),
+        _same(kernels.adaptive_avg_compute),
+        examples=_adaptive_avg_examples,
     ),
     Family(
-        "global-max", (1, 2, 3), "adaptive_max_pool{}d", "Global max pooling: each channel to one value",
+        "global-max",
+        (1, 2, 3),
+        "adaptive_max_pool{}d",
+        "Global max pooling: each channel to one value",
         ("return_indices",),
-        kernels.global_shape, kernels.global_max_compute,
-        dtypes=DTYPES, has_indices=True, examples=_global_examples,
+        kernels.global_shape,
+        kernels.global_max_compute,
+        dtypes=DTYPES,
+        has_indices=True,
+        examples=_global_examples,
     ),
     Family(
-        "global-avg", (1, 2, 3), "adaptive_avg_pool{}d", "Global average pooling: each channel to one value",
+        "global-avg",
+        (1, 2, 3),
+        "adaptive_avg_pool{}d",
+        "Global average pooling: each channel to one value",
         (),
-        kernels.global_shape, kernels.global_avg_compute, examples=_global_examples,
+        kernels.global_shape,
+        kernels.global_avg_compute,
+        examples=_global_examples,
     ),
     Family(
-        "fractional-max", (2, 3), "fractional_max_pool{}d", "Fractional max pooling with pseudo-random windows",
+        "fractional-max",
+        (2, 3),
+        "fractional_max_pool{}d",
+        "Fractional max pooling with pseudo-random windows",
         ("kernel_size", "fractional_output_size", "output_ratio", "return_indices", "random_seed"),
-        _same(kernels.fractional_shape), _same(kernels.fractional_compute),
-        has_indices=True, examples=_fractional_examples,
+        _same(kernels.fractional_shape),
+        _same(kernels.fractional_compute),
+        has_indices=True,
+        examples=_fractional_examples,
     ),
     Family(
-        "max-unpool", (1, 2, 3), "max_unpool{}d", "Max unpooling: the inverse of max pooling, zeros elsewhere",
+        "max-unpool",
+        (1, 2, 3),
+        "max_unpool{}d",
+        "Max unpooling: the inverse of max pooling, zeros elsewhere",
         ("indices", *SLIDING, "padding", "unpool_output_size"),
-        _same(kernels.unpool_shape), _same(kernels.unpool_compute),
-        dtypes=DTYPES, extra_tensors=("indices",), examples=_unpool_examples,
+        _same(kernels.unpool_shape),
+        _same(kernels.unpool_compute),
+        dtypes=DTYPES,
+        extra_tensors=("indices",),
+        examples=_unpool_examples,
     ),
 )
 
@@ -232,7 +306,12 @@ def _build() -> dict[str, OpSpec]:
         for rank in family.ranks:
             name = f"{family.name}{rank}d"
             catalogue[name] = OpSpec(
-                name, family, rank, build_params_model(name, rank, family.fields), family.shape(rank), family.compute(rank)
+                name,
+                family,
+                rank,
+                build_params_model(name, rank, family.fields),
+                family.shape(rank),
+                family.compute(rank),
             )
     return catalogue
 

@@ -88,7 +88,9 @@ def decode_json_tensor(
         array = _nested_array(value, loc, limits, maybe_bools)
         return Tensor(_cast(array, dtype, loc), dtype, "json")
     if not isinstance(value, dict):
-        raise InvalidParameters.at(loc, "a tensor is a nested array, {data, shape, dtype} or {npy_base64}", "tensor_type")
+        raise InvalidParameters.at(
+            loc, "a tensor is a nested array, {data, shape, dtype} or {npy_base64}", "tensor_type"
+        )
     if "npy_base64" in value:
         _only_keys(value, {"npy_base64"}, loc)
         text = value["npy_base64"]
@@ -134,18 +136,18 @@ def _flat(
     if array.ndim != 1:
         raise UndecodableBody(f"{where(loc)}.data must be a flat (one-dimensional) array")
     if array.size != math.prod(shape):
-        raise UndecodableBody(
-            f"{where(loc)}.data has {array.size} elements but shape {shape} needs {math.prod(shape)}"
-        )
+        raise UndecodableBody(f"{where(loc)}.data has {array.size} elements but shape {shape} needs {math.prod(shape)}")
     return Tensor(_cast(array.reshape(shape), dtype, loc), dtype, "flat")
 
 
 def _nested_array(value: list[Any], loc: tuple[str | int, ...], limits: Limits, maybe_bools: bool) -> np.ndarray:
-    depth, probe = 0, value
+    depth, probe = 0, value  # type: tuple[int, Any]
     while isinstance(probe, list):
         depth += 1
         if depth > limits.max_ndim:
-            raise TooLarge(f"{where(loc)} is nested more than {limits.max_ndim} deep; the limit is {limits.max_ndim} dimensions")
+            raise TooLarge(
+                f"{where(loc)} is nested more than {limits.max_ndim} deep; the limit is {limits.max_ndim} dimensions"
+            )
         probe = probe[0] if probe else None
     array = _to_array(value, loc)
     if array.dtype.kind == "b":
@@ -177,7 +179,7 @@ def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int)
         return NONFINITE[value]
     shown = orjson.dumps(value).decode()[:40]
     raise UndecodableBody(
-        f"{where(loc)} holds {shown}, which is not a number (non-finite values are \"NaN\", \"Infinity\", \"-Infinity\")"
+        f'{where(loc)} holds {shown}, which is not a number (non-finite values are "NaN", "Infinity", "-Infinity")'
     )
 
 
@@ -186,7 +188,9 @@ def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...]) -> np.ndarr
     if target.kind in "iu":
         if array.dtype.kind not in "iu":
             if array.size and array.dtype.kind == "f":
-                raise InvalidParameters.at(loc, f"{dtype} holds integers; the values are not all integers that fit it", "dtype")
+                raise InvalidParameters.at(
+                    loc, f"{dtype} holds integers; the values are not all integers that fit it", "dtype"
+                )
             if array.dtype.kind == "O":
                 raise InvalidParameters.at(loc, f"a value does not fit {dtype}", "dtype")
             return array.astype(target)
@@ -247,7 +251,8 @@ def decode_npy(buf: bytearray | memoryview, limits: Limits, loc: Sequence[str | 
     offset = start + header_len
     if len(view) - offset != count * dtype.itemsize:
         raise UndecodableBody(
-            f"{where(loc)}: the .npy header announces {count * dtype.itemsize} data bytes but {len(view) - offset} follow"
+            f"{where(loc)}: the .npy header announces {count * dtype.itemsize} data bytes "
+            f"but {len(view) - offset} follow"
         )
     array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
     if not dtype.isnative:
@@ -312,7 +317,7 @@ def decode_npz(buf: bytearray, members: set[str], limits: Limits) -> dict[str, n
         member = bytearray(info.file_size)
         try:
             with archive.open(info) as stream:
-                if stream.readinto(member) != info.file_size:
+                if stream.readinto(member) != info.file_size:  # type: ignore[attr-defined]
                     raise zipfile.BadZipFile
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             raise UndecodableBody(f".npz member {info.filename!r} cannot be read") from None

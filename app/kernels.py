@@ -129,7 +129,9 @@ def lp_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Resul
 
 def adaptive_sizes(params: Any, shape: Shape) -> list[int]:
     rank = len(params.output_size)
-    return [size if size is not None else inp for size, inp in zip(params.output_size, _spatial(shape, rank), strict=True)]
+    return [
+        size if size is not None else inp for size, inp in zip(params.output_size, _spatial(shape, rank), strict=True)
+    ]
 
 
 def adaptive_shape(params: Any, shape: Shape) -> Shape:
@@ -189,7 +191,10 @@ def fractional_sizes(params: Any, shape: Shape) -> list[int]:
     if params.output_size is not None:
         sizes, given = list(params.output_size), "output_size"
     else:
-        sizes, given = [int(size * ratio) for size, ratio in zip(spatial, params.output_ratio, strict=True)], "output_ratio"
+        sizes, given = (
+            [int(size * ratio) for size, ratio in zip(spatial, params.output_ratio, strict=True)],
+            "output_ratio",
+        )
     for dim, (size, out, kernel) in enumerate(zip(spatial, sizes, params.kernel_size, strict=True)):
         if out < 1:
             raise _fail(given, f"the output would be empty in spatial dimension {dim} (input size {size})")
@@ -199,7 +204,8 @@ def fractional_sizes(params: Any, shape: Shape) -> list[int]:
             bound = "exceeds" if rank == 2 else "reaches"
             raise _fail(
                 given,
-                f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 {bound} the input size {size}",
+                f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 "
+                f"{bound} the input size {size}",
             )
     return sizes
 
@@ -230,9 +236,7 @@ def unpool_sizes(params: Any, shape: Shape) -> list[int]:
     rank = len(params.kernel_size)
     stride = params.stride or params.kernel_size
     spatial = _spatial(shape, rank)
-    default = [
-        (size - 1) * stride[d] - 2 * params.padding[d] + params.kernel_size[d] for d, size in enumerate(spatial)
-    ]
+    default = [(size - 1) * stride[d] - 2 * params.padding[d] + params.kernel_size[d] for d, size in enumerate(spatial)]
     if params.output_size is None:
         sizes = default
     else:

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True},
+        swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True, "deepLinking": True},
     )
     app.state.runtime = runtime
     app.state.settings = settings

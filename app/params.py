@@ -132,7 +132,9 @@ def _optional(annotation: Any, default: Any, description: str) -> tuple[Any, Any
 # name -> rank -> (annotation, FieldInfo)
 FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "kernel_size": lambda r: _required(_spatial_ints(r, 1), "Window size: an int, or one per spatial dimension."),
-    "stride": lambda r: _optional(_spatial_ints(r, 1, optional=True), None, "Step between windows; default: kernel_size."),
+    "stride": lambda r: _optional(
+        _spatial_ints(r, 1, optional=True), None, "Step between windows; default: kernel_size."
+    ),
     "padding": lambda r: _optional(
         _spatial_ints(r, 0), 0, "Implicit padding on both sides of each spatial dimension, at most half the kernel."
     ),
@@ -149,7 +151,9 @@ FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
         "Output spatial size: an int, or one per spatial dimension; null keeps that input size.",
     ),
     "fractional_output_size": lambda r: _optional(
-        _spatial_ints(r, 1, optional=True), None, "Output spatial size. Give exactly one of output_size and output_ratio."
+        _spatial_ints(r, 1, optional=True),
+        None,
+        "Output spatial size. Give exactly one of output_size and output_ratio.",
     ),
     "output_ratio": lambda r: _optional(
         spatial(r, Ratio, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "a number in (0, 1)", True),
@@ -167,8 +171,7 @@ FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
             BeforeValidator(lambda v: [v] * r if isinstance(v, int) and not isinstance(v, bool) else v),
         ],
         None,
-        "Output size: an int, the spatial sizes, or the full shape; "
-        "default (in - 1) * stride - 2 * padding + kernel.",
+        "Output size: an int, the spatial sizes, or the full shape; default (in - 1) * stride - 2 * padding + kernel.",
     ),
     "indices": lambda r: _required(
         TensorField, "The argmax indices from the max pooling, shaped as input (plane layout)."

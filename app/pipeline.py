@@ -140,7 +140,9 @@ def decode_binary_request(
     names = ("input", *spec.family.extra_tensors)
     for name in names:
         if name in fields:
-            raise InvalidParameters.at(("query", name), f"{name} travels in the body, not in the query", "tensor_in_query")
+            raise InvalidParameters.at(
+                ("query", name), f"{name} travels in the body, not in the query", "tensor_in_query"
+            )
     if kind == "npy":
         if spec.family.extra_tensors:
             raise UndecodableBody(f"{spec.name} takes {' and '.join(names)}: send them as an .npz")
@@ -188,7 +190,9 @@ def check_tensor(spec: OpSpec, tensors: dict[str, Tensor]) -> tuple[int, ...]:
     for name in spec.family.extra_tensors:
         if tensors[name].array.shape != shape:
             raise InvalidParameters.at(
-                ("body", name), f"{name} has shape {list(tensors[name].array.shape)}; it must match input's {list(shape)}", "shape"
+                ("body", name),
+                f"{name} has shape {list(tensors[name].array.shape)}; it must match input's {list(shape)}",
+                "shape",
             )
     return tuple(batched)
 
@@ -200,7 +204,9 @@ def validate_params(spec: OpSpec, fields: dict[str, Any], prefix: str) -> Any:
         raise validation_problem(exc, (prefix,), spec.params.model_fields) from None
 
 
-def compute(executor: Executor, spec: OpSpec, params: Any, tensors: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+def compute(
+    executor: Executor, spec: OpSpec, params: Any, tensors: dict[str, Tensor]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Runs in the compute pool: to the device, pool, back to the host."""
     x = tensors["input"]
     batched = x.array.ndim == spec.rank + 2
@@ -229,7 +235,9 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
     if kind == "json":
         if request.query_params:
             name = next(iter(request.query_params.keys()))
-            raise InvalidParameters.at(("query", name), "with a JSON body, parameters go in the body", "query_with_json")
+            raise InvalidParameters.at(
+                ("query", name), "with a JSON body, parameters go in the body", "query_with_json"
+            )
         fields, tensors = decode_json_request(raw, spec, runtime.limits)
         prefix = "body"
     else:
@@ -239,12 +247,16 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
     batched = check_tensor(spec, tensors)
     out_shape = spec.output_shape(params, batched)
     if math.prod(out_shape) > runtime.limits.max_elements:
-        raise TooLarge(f"the output would have {math.prod(out_shape)} elements; the limit is {runtime.limits.max_elements}")
+        raise TooLarge(
+            f"the output would have {math.prod(out_shape)} elements; the limit is {runtime.limits.max_elements}"
+        )
     x = tensors["input"]
     encoding = params.output_encoding or ("npy_base64" if kind != "json" else x.encoding)
     if x.dtype == "bfloat16" and (answer != JSON or encoding == "npy_base64"):
         raise InvalidParameters.at(
-            (prefix, "output_encoding"), "a .npy cannot carry bfloat16: ask for JSON (json or flat encoding)", "bfloat16_npy"
+            (prefix, "output_encoding"),
+            "a .npy cannot carry bfloat16: ask for JSON (json or flat encoding)",
+            "bfloat16_npy",
         )
     if "random_seed" in type(params).model_fields and params.random_seed is None:
         params.random_seed = secrets.randbits(63)

@@ -154,10 +154,10 @@ def catalogue_listing() -> dict[str, Any]:
 
 
 def pool_router() -> APIRouter:
-    router = APIRouter(prefix="/pool", tags=["pooling"])
+    router = APIRouter(prefix="/pool")
     listing = catalogue_listing()  # built once: it depends only on the catalogue
 
-    @router.get("", summary="List every operation with its parameters", operation_id="pool-list")
+    @router.get("", summary="List every operation with its parameters", operation_id="pool-list", tags=["catalogue"])
     async def list_operations() -> Response:
         return json_response(listing)
 

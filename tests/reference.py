@@ -35,13 +35,21 @@ def cases(spec: OpSpec) -> list[Case]:
     if family == "max":
         return [
             Case({"kernel_size": 2, "return_indices": True}, sp),
-            Case({"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 1, "ceil_mode": True, "return_indices": True}, sp, batch=None),
+            Case(
+                {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 1, "ceil_mode": True, "return_indices": True},
+                sp,
+                batch=None,
+            ),
             Case({"kernel_size": [2] * r, "stride": 1, "dilation": 2}, sp),
         ]
     if family == "avg":
         return [
             Case({"kernel_size": 2}, sp),
-            Case({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}, sp, batch=None),
+            Case(
+                {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False},
+                sp,
+                batch=None,
+            ),
             Case({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "divisor_override": 5}, sp),
         ]
     if family == "lp":
@@ -98,8 +106,13 @@ def reference(spec: OpSpec, x: torch.Tensor, params: dict[str, Any], indices: to
             # torch's avg_pool1d has no divisor_override; its 2-D form with height 1 is the same kernel.
             k, s = p["kernel_size"], p.get("stride") or p["kernel_size"]
             out = F.avg_pool2d(
-                x.unsqueeze(-2), (1, k), (1, s), (0, p.get("padding", 0)), p.get("ceil_mode", False),
-                p.get("count_include_pad", True), p.get("divisor_override"),
+                x.unsqueeze(-2),
+                (1, k),
+                (1, s),
+                (0, p.get("padding", 0)),
+                p.get("ceil_mode", False),
+                p.get("count_include_pad", True),
+                p.get("divisor_override"),
             )
             return out.squeeze(-2), None
         return getattr(F, f"avg_pool{r}d")(x, **p), None

@@ -16,7 +16,9 @@ GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
 
 
 def post_json(client, op, document, **headers):
-    return client.post(f"/pool/{op}", content=orjson.dumps(document), headers={"content-type": "application/json", **headers})
+    return client.post(
+        f"/pool/{op}", content=orjson.dumps(document), headers={"content-type": "application/json", **headers}
+    )
 
 
 def post_raw(client, op, body, content_type="application/json"):
@@ -88,7 +90,9 @@ def test_pickled_npy_is_refused_and_never_loaded(client, tmp_path):
 def test_compressed_npz_member_is_400(client):
     out = io.BytesIO()
     np.savez_compressed(out, input=np.zeros((1, 1, 4, 4), np.float32))
-    assert_problem(post_raw(client, "max2d?kernel_size=2", out.getvalue(), "application/x-npz"), 400, detail_has="compressed")
+    assert_problem(
+        post_raw(client, "max2d?kernel_size=2", out.getvalue(), "application/x-npz"), 400, detail_has="compressed"
+    )
 
 
 def test_unknown_npz_member_is_400(client):
@@ -156,7 +160,9 @@ def test_streamed_body_over_the_limit_is_413(make_client):
 def test_npy_header_over_the_element_limit_is_413_before_reading(make_client):
     small = make_client(max_elements=100)
     header = npy_bytes(np.zeros((1, 1, 100, 100), np.uint8))[:128]  # the header alone, no data
-    assert_problem(post_raw(small, "max2d?kernel_size=2", header, "application/x-npy"), 413, detail_has="10000 elements")
+    assert_problem(
+        post_raw(small, "max2d?kernel_size=2", header, "application/x-npy"), 413, detail_has="10000 elements"
+    )
 
 
 def test_flat_shape_over_the_element_limit_is_413(make_client):
@@ -203,15 +209,27 @@ def test_too_many_dimensions_is_413(client):
         ("avg2d", {"input": GRID, "kernel_size": 2, "dilation": 2}, ["body", "dilation"]),
         ("global-avg2d", {"input": GRID, "keepdims": False}, ["body", "keepdims"]),
         ("fractional-max2d", {"input": GRID, "kernel_size": 2}, ["body", "output_size"]),
-        ("fractional-max2d", {"input": GRID, "kernel_size": 2, "output_size": 2, "output_ratio": 0.5}, ["body", "output_size"]),
+        (
+            "fractional-max2d",
+            {"input": GRID, "kernel_size": 2, "output_size": 2, "output_ratio": 0.5},
+            ["body", "output_size"],
+        ),
         ("fractional-max2d", {"input": GRID, "kernel_size": 2, "output_ratio": 1.5}, ["body", "output_ratio", 0]),
         ("fractional-max2d", {"input": GRID, "kernel_size": 2, "output_size": 4}, ["body", "output_size"]),
-        ("fractional-max2d", {"input": GRID, "kernel_size": 2, "output_size": 2, "random_seed": -1}, ["body", "random_seed"]),
+        (
+            "fractional-max2d",
+            {"input": GRID, "kernel_size": 2, "output_size": 2, "random_seed": -1},
+            ["body", "random_seed"],
+        ),
         ("adaptive-avg2d", {"input": GRID, "output_size": [0, 2]}, ["body", "output_size", 0]),
         ("max-unpool2d", {"input": [[[[6.0]]]], "indices": [[[[16]]]], "kernel_size": 2}, ["body", "indices"]),
         ("max-unpool2d", {"input": [[[[6.0]]]], "indices": [[[[1.5]]]], "kernel_size": 2}, ["body", "indices"]),
         ("max-unpool2d", {"input": [[[[6.0]]]], "indices": [[[[1, 2]]]], "kernel_size": 2}, ["body", "indices"]),
-        ("max-unpool2d", {"input": [[[[6.0]]]], "indices": [[[[1]]]], "kernel_size": 2, "output_size": [9, 9]}, ["body", "output_size"]),
+        (
+            "max-unpool2d",
+            {"input": [[[[6.0]]]], "indices": [[[[1]]]], "kernel_size": 2, "output_size": [9, 9]},
+            ["body", "output_size"],
+        ),
         ("max2d", {"input": [[1, 2], [3, 4]], "kernel_size": 1}, ["body", "input"]),
         ("max2d", {"input": [[[[]]]], "kernel_size": 1}, ["body", "input"]),
         ("max2d", {"input": 5, "kernel_size": 1}, ["body", "input"]),
@@ -219,8 +237,16 @@ def test_too_many_dimensions_is_413(client):
         ("max2d", {"input": [[[[1, 300]]]], "kernel_size": 1, "dtype": "uint8"}, ["body", "input"]),
         ("max2d", {"input": [[[[1.5, 3]]]], "kernel_size": 1, "dtype": "int32"}, ["body", "input"]),
         ("max2d", {"input": [[[[1e39, 3]]]], "kernel_size": 1}, ["body", "input"]),
-        ("max2d", {"input": {"data": [1, 2], "shape": [1, 1, 2], "dtype": "float64"}, "dtype": "float32", "kernel_size": 1}, ["body", "input"]),
-        ("max2d", {"input": {"data": [1], "shape": [1, 1, 1, 1], "unit": "m"}, "kernel_size": 1}, ["body", "input", "unit"]),
+        (
+            "max2d",
+            {"input": {"data": [1, 2], "shape": [1, 1, 2], "dtype": "float64"}, "dtype": "float32", "kernel_size": 1},
+            ["body", "input"],
+        ),
+        (
+            "max2d",
+            {"input": {"data": [1], "shape": [1, 1, 1, 1], "unit": "m"}, "kernel_size": 1},
+            ["body", "input", "unit"],
+        ),
     ],
 )
 def test_invalid_parameters_are_422_naming_the_field(client, op, document, loc):
@@ -239,7 +265,9 @@ def test_body_that_is_not_an_object_is_422(client):
 
 def test_npy_dtype_disagreeing_with_dtype_field_is_422(client):
     body = npy_bytes(np.zeros((1, 4, 4), np.float64))
-    assert_problem(post_raw(client, "max2d?kernel_size=2&dtype=float32", body, "application/x-npy"), 422, loc=["query", "dtype"])
+    assert_problem(
+        post_raw(client, "max2d?kernel_size=2&dtype=float32", body, "application/x-npy"), 422, loc=["query", "dtype"]
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.bool_, np.complex64, np.uint16])

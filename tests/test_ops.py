@@ -12,7 +12,9 @@ from tests.conftest import assert_problem
 from tests.reference import Case, cases, reference, sample, unpool_inputs
 from tests.transport import TRANSPORTS, read_answer, send
 
-MATRIX = [pytest.param(name, case, id=f"{name}-{i}") for name, spec in CATALOGUE.items() for i, case in enumerate(cases(spec))]
+MATRIX = [
+    pytest.param(name, case, id=f"{name}-{i}") for name, spec in CATALOGUE.items() for i, case in enumerate(cases(spec))
+]
 
 
 def _inputs(op: str, case: Case, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -24,7 +24,11 @@ def sliding_requests(draw):
     spatial = draw(st.lists(st.integers(1, 7), min_size=rank, max_size=rank))
     shape = ([draw(st.integers(1, 2))] if batched else []) + [draw(st.integers(1, 2))] + spatial
     per_dim = st.lists(st.integers(1, 4), min_size=rank, max_size=rank)
-    params = {"kernel_size": draw(per_dim), "stride": draw(per_dim), "padding": draw(st.lists(st.integers(0, 2), min_size=rank, max_size=rank))}
+    params = {
+        "kernel_size": draw(per_dim),
+        "stride": draw(per_dim),
+        "padding": draw(st.lists(st.integers(0, 2), min_size=rank, max_size=rank)),
+    }
     params["ceil_mode"] = draw(st.booleans())
     if family == "max":
         params["dilation"] = draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank))
@@ -50,7 +54,9 @@ def test_agrees_with_torch_on_accept_refuse_and_values(client, request_case):
     family, rank, shape, params, seed = request_case
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     response = client.post(
-        f"/pool/{family}{rank}d", content=orjson.dumps({"input": x.tolist(), **params}), headers={"content-type": "application/json"}
+        f"/pool/{family}{rank}d",
+        content=orjson.dumps({"input": x.tolist(), **params}),
+        headers={"content-type": "application/json"},
     )
     try:
         want = _torch(family, rank, x, params)

@@ -70,7 +70,9 @@ def test_adaptive_none_keeps_that_input_size(client):
 
 
 def test_avg_with_ceil_divides_overhanging_windows_by_their_clipped_size(client):
-    assert pool(client, "avg2d", input=[[[1.0] * 3] * 3], kernel_size=2, ceil_mode=True)["output"] == [[[1.0, 1.0], [1.0, 1.0]]]
+    assert pool(client, "avg2d", input=[[[1.0] * 3] * 3], kernel_size=2, ceil_mode=True)["output"] == [
+        [[1.0, 1.0], [1.0, 1.0]]
+    ]
     body = pool(client, "avg2d", input=[[[1.0] * 3] * 3], kernel_size=3, stride=1, padding=1)
     assert body["output"][0][0][0] == pytest.approx(4 / 9)
 
@@ -85,7 +87,9 @@ def test_fractional_seed_reproduces_and_a_drawn_seed_is_returned(client):
     again = pool(client, "fractional-max2d", input=x.tolist(), kernel_size=2, output_size=4, random_seed=42)
     assert first["output"] == again["output"] and first["random_seed"] == 42
     drawn = pool(client, "fractional-max2d", input=x.tolist(), kernel_size=2, output_size=4)
-    replay = pool(client, "fractional-max2d", input=x.tolist(), kernel_size=2, output_size=4, random_seed=drawn["random_seed"])
+    replay = pool(
+        client, "fractional-max2d", input=x.tolist(), kernel_size=2, output_size=4, random_seed=drawn["random_seed"]
+    )
     assert drawn["output"] == replay["output"]
     samples = fractional_samples(42, 2, 3, 2, torch.float32)
     want = F.fractional_max_pool2d(torch.from_numpy(x), 2, output_size=4, _random_samples=samples)
@@ -98,7 +102,9 @@ def test_unpool_with_repeated_indices_keeps_the_largest(client):
 
 
 def test_unpool_round_trip_of_the_contract_example(client):
-    body = pool(client, "max-unpool2d", input=[[[[6.0, 8.0], [3.0, 4.0]]]], indices=[[[[5, 7], [8, 15]]]], kernel_size=2)
+    body = pool(
+        client, "max-unpool2d", input=[[[[6.0, 8.0], [3.0, 4.0]]]], indices=[[[[5, 7], [8, 15]]]], kernel_size=2
+    )
     assert body["output"] == [[[[0, 0, 0, 0], [0, 6, 0, 8], [3, 0, 0, 0], [0, 0, 0, 4]]]]
 
 
@@ -138,7 +144,11 @@ def test_int64_beyond_float_precision_survives_global_max(client):
 
 def test_output_encoding_defaults_to_the_input_encoding_and_can_be_overridden(client):
     flat = {"data": [1, 1, 2, 4, 5, 6, 7, 8, 3, 2, 1, 0, 1, 2, 3, 4], "shape": [1, 1, 4, 4]}
-    assert pool(client, "max2d", input=flat, kernel_size=2)["output"] == {"data": [6.0, 8.0, 3.0, 4.0], "shape": [1, 1, 2, 2], "dtype": "float32"}
+    assert pool(client, "max2d", input=flat, kernel_size=2)["output"] == {
+        "data": [6.0, 8.0, 3.0, 4.0],
+        "shape": [1, 1, 2, 2],
+        "dtype": "float32",
+    }
     body = pool(client, "max2d", input=GRID, kernel_size=2, output_encoding="npy_base64", return_indices=True)
     output = np.load(io.BytesIO(base64.b64decode(body["output"]["npy_base64"])))
     indices = np.load(io.BytesIO(base64.b64decode(body["indices"]["npy_base64"])))
@@ -158,7 +168,9 @@ def test_base64_url_safe_unpadded_and_wrapped_is_accepted(client):
 def test_npy_byte_order_and_memory_order_are_honoured(client, order):
     x = np.arange(24, dtype=np.float64).reshape(1, 2, 3, 4) * 1.5
     sent = x.astype(">f8") if order == "big-endian" else np.asfortranarray(x)
-    response = client.post("/pool/max2d?kernel_size=2,2", content=npy_bytes(sent), headers={"content-type": "application/x-npy"})
+    response = client.post(
+        "/pool/max2d?kernel_size=2,2", content=npy_bytes(sent), headers={"content-type": "application/x-npy"}
+    )
     got = load_npz(response.content)["output"]
     np.testing.assert_array_equal(got, F.max_pool2d(torch.from_numpy(x), 2).numpy())
 
@@ -178,7 +190,9 @@ def test_binary_answers_follow_accept(client):
 
 def test_json_request_can_ask_for_npz(client):
     response = client.post(
-        "/pool/max2d", json={"input": GRID, "kernel_size": 2, "return_indices": True}, headers={"accept": "application/x-npz"}
+        "/pool/max2d",
+        json={"input": GRID, "kernel_size": 2, "return_indices": True},
+        headers={"accept": "application/x-npz"},
     )
     assert load_npz(response.content)["output"].tolist() == [[[[6, 8], [3, 4]]]]
 
@@ -224,5 +238,7 @@ def test_query_values_parse_as_json_lists_and_words(client):
 
 def test_unpool_from_an_npz_with_both_tensors(client):
     body = npz_bytes(input=np.array([[[[6.0, 8.0], [3.0, 4.0]]]], np.float32), indices=np.array([[[[5, 7], [8, 15]]]]))
-    response = client.post("/pool/max-unpool2d?kernel_size=2", content=body, headers={"content-type": "application/x-npz"})
+    response = client.post(
+        "/pool/max-unpool2d?kernel_size=2", content=body, headers={"content-type": "application/x-npz"}
+    )
     assert load_npz(response.content)["output"].tolist() == [[[[0, 0, 0, 0], [0, 6, 0, 8], [3, 0, 0, 0], [0, 0, 0, 4]]]]

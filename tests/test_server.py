@@ -60,7 +60,9 @@ def test_real_server_answers_json_binary_and_errors(server):
         assert body["output"] == [[[[6.0, 8.0], [3.0, 4.0]]]] and body["indices"] == [[[[5, 7], [8, 15]]]]
 
         x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
-        response = http.post("/pool/avg2d?kernel_size=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"})
+        response = http.post(
+            "/pool/avg2d?kernel_size=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+        )
         assert response.headers["content-type"] == "application/x-npz"
         expected = x.reshape(2, 3, 4, 2, 4, 2).mean(axis=(3, 5))
         np.testing.assert_allclose(load_npz(response.content)["output"], expected)

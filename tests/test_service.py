@@ -10,7 +10,11 @@ from app import __version__
 from app.catalogue import CATALOGUE
 
 CONTRACT_OPS = {
-    *(f"{family}{rank}d" for family in ("max", "avg", "lp", "adaptive-max", "adaptive-avg", "global-max", "global-avg", "max-unpool") for rank in (1, 2, 3)),
+    *(
+        f"{family}{rank}d"
+        for family in ("max", "avg", "lp", "adaptive-max", "adaptive-avg", "global-max", "global-avg", "max-unpool")
+        for rank in (1, 2, 3)
+    ),
     "fractional-max2d",
     "fractional-max3d",
 }
@@ -45,7 +49,12 @@ def test_listing_describes_every_op_and_its_parameters(client):
     assert params["kernel_size"]["required"] is True
     assert params["ceil_mode"]["default"] is False and params["padding"]["default"] == 0
     assert params["stride"]["description"]
-    assert {p["name"] for p in listing["max-unpool1d"]["parameters"]} >= {"input", "indices", "kernel_size", "output_size"}
+    assert {p["name"] for p in listing["max-unpool1d"]["parameters"]} >= {
+        "input",
+        "indices",
+        "kernel_size",
+        "output_size",
+    }
     assert listing["fractional-max2d"]["reference"] == "torch.nn.functional.fractional_max_pool2d"
     assert "int64" in listing["max3d"]["dtypes"] and "int64" not in listing["avg3d"]["dtypes"]
 

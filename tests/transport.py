@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from tests.conftest import Client, load_npz, npy_bytes, npz_bytes
 
 TRANSPORTS = ("json", "flat", "npy_base64", "npy", "npz")
@@ -53,7 +54,9 @@ def send(
         document["dtype"] = dtype
     if indices is not None:
         document["indices"] = json_tensor(indices, form, "int64")
-    return client.post(f"/pool/{op}", content=orjson.dumps(document), headers={"content-type": "application/json", **headers})
+    return client.post(
+        f"/pool/{op}", content=orjson.dumps(document), headers={"content-type": "application/json", **headers}
+    )
 
 
 def read_tensor(value: Any, dtype: str) -> np.ndarray:
