@@ -18,8 +18,8 @@ from app import kernels
 from app.codecs import DTYPES, FLOAT_DTYPES
 from app.params import PoolParams, build_params_model
 
-ShapeFn = Callable[[Any, tuple[int, ...]], tuple[int, ...]]
-ComputeFn = Callable[[torch.Tensor, Any, dict[str, torch.Tensor]], kernels.Result]
+PlanFn = Callable[[Any, tuple[int, ...]], kernels.Plan]
+ComputeFn = Callable[[torch.Tensor, Any, kernels.Plan, dict[str, torch.Tensor]], kernels.Result]
 
 SLIDING = ("kernel_size", "stride")
 
@@ -31,7 +31,7 @@ class Family:
     reference: str  # torch function, `{}` for the rank
     summary: str
     fields: tuple[str, ...]
-    shape: Callable[[int], ShapeFn]
+    plan: Callable[[int], PlanFn]
     compute: Callable[[int], ComputeFn]
     dtypes: tuple[str, ...] = FLOAT_DTYPES
     has_indices: bool = False  # argmax indices on request
@@ -45,7 +45,7 @@ class OpSpec:
     family: Family
     rank: int
     params: type[PoolParams]
-    output_shape: ShapeFn
+    plan: PlanFn
     compute: ComputeFn
 
     @property
@@ -204,8 +204,8 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "max_pool{}d",
         "Max pooling",
-        (*SLIDING, "padding", "dilation", "ceil_mode", "return_indices"),
-        _same(kernels.sliding_shape),
+        (*SLIDING, "padding", "dilation", "ceil_mode", "return_indices", "indices_layout"),
+        _same(kernels.sliding_plan),
         _same(kernels.max_compute),
         dtypes=DTYPES,
         has_indices=True,
@@ -216,8 +216,8 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "avg_pool{}d",
         "Average pooling",
-        (*SLIDING, "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-        _same(kernels.sliding_shape),
+        (*SLIDING, "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override"),
+        _same(kernels.sliding_plan),
         _same(kernels.avg_compute),
         examples=_avg_examples,
     ),
@@ -226,8 +226,8 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "lp_pool{}d",
         "Power-average (Lp) pooling",
-        ("norm_type", *SLIDING, "ceil_mode"),
-        _same(kernels.sliding_shape),
+        ("norm_type", *SLIDING, "padding", "dilation", "ceil_mode", "absolute"),
+        _same(kernels.sliding_plan),
         _same(kernels.lp_compute),
         examples=_lp_examples,
     ),
@@ -236,9 +236,10 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_max_pool{}d",
         "Adaptive max pooling to a fixed output size",
-        ("adaptive_output_size", "return_indices"),
-        _same(kernels.adaptive_shape),
+        ("adaptive_output_size", "return_indices", "indices_layout"),
+        _same(kernels.adaptive_plan),
         _same(kernels.adaptive_max_compute),
+        dtypes=DTYPES,
         has_indices=True,
         examples=_adaptive_max_examples,
     ),
@@ -248,7 +249,7 @@ FAMILIES: tuple[Family, ...] = (
         "adaptive_avg_pool{}d",
         "Adaptive average pooling to a fixed output size",
         ("adaptive_output_size",),
-        _same(kernels.adaptive_shape),
+        _same(kernels.adaptive_plan),
         _same(kernels.adaptive_avg_compute),
         examples=_adaptive_avg_examples,
     ),
@@ -257,8 +258,8 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_max_pool{}d",
         "Global max pooling: each channel to one value",
-        ("return_indices",),
-        kernels.global_shape,
+        ("return_indices", "indices_layout", "keepdims"),
+        kernels.global_plan,
         kernels.global_max_compute,
         dtypes=DTYPES,
         has_indices=True,
@@ -269,8 +270,8 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_avg_pool{}d",
         "Global average pooling: each channel to one value",
-        (),
-        kernels.global_shape,
+        ("keepdims",),
+        kernels.global_plan,
         kernels.global_avg_compute,
         examples=_global_examples,
     ),
@@ -279,8 +280,8 @@ FAMILIES: tuple[Family, ...] = (
         (2, 3),
         "fractional_max_pool{}d",
         "Fractional max pooling with pseudo-random windows",
-        ("kernel_size", "fractional_output_size", "output_ratio", "return_indices", "random_seed"),
-        _same(kernels.fractional_shape),
+        ("kernel_size", "fractional_output_size", "output_ratio", "return_indices", "indices_layout", "random_seed"),
+        _same(kernels.fractional_plan),
         _same(kernels.fractional_compute),
         has_indices=True,
         examples=_fractional_examples,
@@ -290,8 +291,8 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "max_unpool{}d",
         "Max unpooling: the inverse of max pooling, zeros elsewhere",
-        ("indices", *SLIDING, "padding", "unpool_output_size"),
-        _same(kernels.unpool_shape),
+        ("indices", *SLIDING, "unpool_padding", "unpool_output_size", "indices_layout"),
+        _same(kernels.unpool_plan),
         _same(kernels.unpool_compute),
         dtypes=DTYPES,
         extra_tensors=("indices",),
@@ -310,7 +311,7 @@ def _build() -> dict[str, OpSpec]:
                 family,
                 rank,
                 build_params_model(name, rank, family.fields),
-                family.shape(rank),
+                family.plan(rank),
                 family.compute(rank),
             )
     return catalogue

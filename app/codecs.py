@@ -57,7 +57,7 @@ def where(loc: Sequence[str | int]) -> str:
     return ".".join(str(part) for part in loc[1:]) if len(loc) > 1 else str(loc[0])
 
 
-def _check_size(shape: Sequence[int], limits: Limits, loc: Sequence[str | int]) -> None:
+def check_size(shape: Sequence[int], limits: Limits, loc: Sequence[str | int]) -> None:
     if len(shape) > limits.max_ndim:
         raise TooLarge(f"{where(loc)} has {len(shape)} dimensions; the limit is {limits.max_ndim}")
     count = math.prod(shape)
@@ -119,7 +119,7 @@ def _flat(
     shape = value.get("shape")
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise InvalidParameters.at((*loc, "shape"), "shape must be a list of non-negative integers", "shape_type")
-    _check_size(shape, limits, loc)
+    check_size(shape, limits, loc)
     own = value.get("dtype")
     if own is not None:
         if own not in DTYPES:
@@ -156,7 +156,7 @@ def _nested_array(value: list[Any], loc: tuple[str | int, ...], limits: Limits, 
         # Strings (the non-finite names), nulls or booleans may be inside:
         # check each element, then build the array again.
         array = _to_array(_checked(value, loc, 0, limits.max_ndim), loc)
-    _check_size(array.shape, limits, loc)
+    check_size(array.shape, limits, loc)
     return array
 
 
@@ -246,7 +246,7 @@ def decode_npy(buf: bytearray | memoryview, limits: Limits, loc: Sequence[str | 
     if header_len > _MAX_NPY_HEADER or start + header_len > len(view):
         raise UndecodableBody(f"{where(loc)}: the .npy header is truncated or too long")
     dtype, fortran, shape = _npy_header(bytes(view[start : start + header_len]), loc)
-    _check_size(shape, limits, loc)
+    check_size(shape, limits, loc)
     count = math.prod(shape)
     offset = start + header_len
     if len(view) - offset != count * dtype.itemsize:

@@ -1,37 +1,47 @@
-"""What each family of pooling computes, on batched `(N, C, *spatial)` torch tensors.
+"""What each family of pooling computes, on `(N, C, *spatial)` torch tensors.
 
 Each family has two functions:
 
-- `*_shape(params, shape)`: the output shape for an input shape, or an
-  `InvalidParameters` that says, in this service's words, why torch would
-  refuse the parameters for this tensor. It runs before any computation, so
-  the output's size can be checked against the limits first.
-- `*_compute(x, params, extra)`: the result `(output, indices or None)`.
+- `*_plan(params, shape)`: the output shape (and the effective padding) for
+  an input shape, or an `InvalidParameters` that says, in this service's
+  words, why the parameters cannot pool this tensor. It runs before any
+  computation, so the output's size is checked against the limits first.
+- `*_compute(x, params, plan, extra)`: the result `(output, indices or None)`,
+  indices as flat positions within each spatial plane.
 
-They know nothing about HTTP or encodings.
+Where torch has the operation, torch computes it; what torch lacks (padding
+forms, dilation in avg and Lp, integer adaptive max) is built from torch
+tensor operations in `app.windows` and here. Batch, layout and index layout
+are the pipeline's: these functions know nothing of HTTP or encodings.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from app import windows
 from app.errors import InvalidParameters
 
 Shape = tuple[int, ...]
 Result = tuple[torch.Tensor, torch.Tensor | None]
 
 
+@dataclass(frozen=True)
+class Plan:
+    out_shape: Shape
+    padding: list[list[int]] | None = None  # effective [begin, end] per spatial dimension
+    windows: windows.WindowPlan | None = None
+    sizes: tuple[int, ...] = ()  # output spatial sizes of adaptive, fractional and unpooling
+
+
 def _fail(param: str, msg: str) -> InvalidParameters:
     return InvalidParameters.at(("body", param), msg)
-
-
-def _spatial(shape: Shape, rank: int) -> Shape:
-    return shape[-rank:]
 
 
 def _by_rank(name: str) -> dict[int, Callable[..., Any]]:
@@ -46,121 +56,153 @@ _ADAPTIVE_AVG = _by_rank("adaptive_avg_pool{}d")
 _FRACTIONAL = _by_rank("fractional_max_pool{}d")
 
 
+def _with_sizes(shape: Shape, sizes: list[int] | tuple[int, ...]) -> Shape:
+    return (*shape[: -len(sizes)], *sizes)
+
+
 # ---------------------------------------------------------------- sliding windows: max, avg, lp
 
 
-def window_count(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
-    """Windows along one dimension, by torch's rule (`pooling_output_shape`).
-
-    Under ceil_mode a last window that would start inside the end padding is dropped.
-    """
-    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
-    count = span // stride + 1
-    if ceil_mode and (count - 1) * stride >= size + pad:
-        count -= 1
-    return count
-
-
-def sliding_shape(params: Any, shape: Shape) -> Shape:
+def sliding_plan(params: Any, shape: Shape) -> Plan:
     rank = len(params.kernel_size)
-    kernel = params.kernel_size
-    stride = params.stride or kernel
-    padding = getattr(params, "padding", [0] * rank)
-    dilation = getattr(params, "dilation", [1] * rank)
-    for dim in range(rank):
-        if padding[dim] > kernel[dim] // 2:
-            raise _fail(
-                "padding",
-                f"padding {padding[dim]} in spatial dimension {dim} exceeds half the kernel size {kernel[dim]}",
-            )
-    out = []
-    for dim, size in enumerate(_spatial(shape, rank)):
-        count = window_count(size, kernel[dim], stride[dim], padding[dim], dilation[dim], params.ceil_mode)
-        if count < 1:
-            reach = dilation[dim] * (kernel[dim] - 1) + 1
-            raise _fail(
-                "kernel_size",
-                f"the output would be empty: spatial dimension {dim} has size {size} "
-                f"(+{2 * padding[dim]} padding) but the window spans {reach}",
-            )
-        out.append(count)
-    return (*shape[:-rank], *out)
+    plan = windows.plan_windows(params, shape[-rank:])
+    return Plan(_with_sizes(shape, plan.out), [list(pad) for pad in plan.pads], plan)
 
 
-def max_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
-    rank = len(p.kernel_size)
-    # torch's max_pool1d lacks integer kernels unless it returns indices.
+def max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    w = plan.windows
+    assert w is not None
+    rank = len(w.kernel)
+    if not w.symmetric:
+        return windows.max_windows(x, w, p.return_indices)
+    # torch's integer max_pool1d exists only in its with-indices form.
     with_indices = p.return_indices or (rank == 1 and not x.is_floating_point())
-    result = _MAX[rank](x, p.kernel_size, p.stride or p.kernel_size, p.padding, p.dilation, p.ceil_mode, with_indices)
+    result = _MAX[rank](x, w.kernel, w.stride, w.torch_padding, w.dilation, w.ceil_mode, with_indices)
     if with_indices:
         out, indices = result
         return out, indices if p.return_indices else None
     return result, None
 
 
-def avg_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
-    rank = len(p.kernel_size)
-    stride = p.stride or p.kernel_size
-    if rank == 1:
-        # avg_pool1d has no divisor_override; torch itself runs it as a 2-D pool of height 1.
-        out = F.avg_pool2d(
-            x.unsqueeze(-2),
-            (1, p.kernel_size[0]),
-            (1, stride[0]),
-            (0, p.padding[0]),
-            p.ceil_mode,
-            p.count_include_pad,
-            p.divisor_override,
-        )
-        return out.squeeze(-2), None
-    return _AVG[rank](x, p.kernel_size, stride, p.padding, p.ceil_mode, p.count_include_pad, p.divisor_override), None
+def _count_include_pad(p: Any, w: windows.WindowPlan) -> bool:
+    return p.count_include_pad if p.count_include_pad is not None else w.torch_form
 
 
-def lp_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
-    rank = len(p.kernel_size)
-    kernel, stride = p.kernel_size, p.stride or p.kernel_size
-    if rank == 1:  # lp_pool1d multiplies by kernel_size, so it must be an int there
-        kernel, stride = kernel[0], stride[0]
-    return _LP[rank](x, p.norm_type, kernel, stride, p.ceil_mode), None
+def avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    w = plan.windows
+    assert w is not None
+    rank = len(w.kernel)
+    include_pad = _count_include_pad(p, w)
+    if w.symmetric and w.undilated:
+        if rank == 1:
+            # avg_pool1d has no divisor_override; torch itself runs it as a 2-D pool of height 1.
+            out = F.avg_pool2d(
+                x.unsqueeze(-2),
+                (1, w.kernel[0]),
+                (1, w.stride[0]),
+                (0, w.pads[0][0]),
+                w.ceil_mode,
+                include_pad,
+                p.divisor_override,
+            )
+            return out.squeeze(-2), None
+        return _AVG[rank](x, w.kernel, w.stride, w.torch_padding, w.ceil_mode, include_pad, p.divisor_override), None
+    sums = windows.sum_windows(x, w)
+    if p.divisor_override is not None:
+        return sums / p.divisor_override, None
+    return sums / windows.cell_counts(w, include_pad, sums), None
+
+
+def lp_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    w = plan.windows
+    assert w is not None
+    rank = len(w.kernel)
+    if w.unpadded and w.undilated and not p.absolute:
+        kernel, stride = list(w.kernel), list(w.stride)
+        if rank == 1:  # lp_pool1d multiplies by kernel_size, so it must be an int there
+            return _LP[1](x, p.norm_type, kernel[0], stride[0], w.ceil_mode), None
+        return _LP[rank](x, p.norm_type, kernel, stride, w.ceil_mode), None
+    if math.isinf(p.norm_type):
+        # max |x|; zero padding never exceeds it
+        magnitude = windows.pad_for_windows(x.abs(), w, 0)
+        return _MAX[rank](magnitude, w.kernel, w.stride, 0, w.dilation, False), None
+    base = x.abs() if p.absolute else x
+    sums = windows.sum_windows(base.pow(p.norm_type), w)
+    return sums.pow(1.0 / p.norm_type), None
 
 
 # ---------------------------------------------------------------- adaptive and global
 
 
-def adaptive_sizes(params: Any, shape: Shape) -> list[int]:
+def adaptive_plan(params: Any, shape: Shape) -> Plan:
     rank = len(params.output_size)
-    return [
-        size if size is not None else inp for size, inp in zip(params.output_size, _spatial(shape, rank), strict=True)
-    ]
+    sizes = tuple(s if s is not None else inp for s, inp in zip(params.output_size, shape[-rank:], strict=True))
+    return Plan(_with_sizes(shape, sizes), sizes=sizes)
 
 
-def adaptive_shape(params: Any, shape: Shape) -> Shape:
-    sizes = adaptive_sizes(params, shape)
-    return (*shape[: -len(sizes)], *sizes)
-
-
-def adaptive_max_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
-    sizes = adaptive_sizes(p, tuple(x.shape))
+def adaptive_max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    if not x.is_floating_point():
+        out, indices = adaptive_max_exact(x, plan.sizes)
+        return out, indices if p.return_indices else None
     if p.return_indices:
-        out, indices = _ADAPTIVE_MAX[len(sizes)](x, sizes, True)
+        out, indices = _ADAPTIVE_MAX[len(plan.sizes)](x, list(plan.sizes), True)
         return out, indices
-    return _ADAPTIVE_MAX[len(sizes)](x, sizes), None
+    return _ADAPTIVE_MAX[len(plan.sizes)](x, list(plan.sizes)), None
 
 
-def adaptive_avg_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
-    sizes = adaptive_sizes(p, tuple(x.shape))
-    return _ADAPTIVE_AVG[len(sizes)](x, sizes), None
+def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    return _ADAPTIVE_AVG[len(plan.sizes)](x, list(plan.sizes)), None
 
 
-def global_shape(rank: int) -> Callable[[Any, Shape], Shape]:
-    def shape_of(params: Any, shape: Shape) -> Shape:
-        return (*shape[:-rank], *([1] * rank))
+def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells, starts): the input positions of each adaptive window, (out, widest), and
+    where each starts. Short windows repeat their last cell, which changes neither the
+    max nor the first position that holds it."""
+    i = torch.arange(out, dtype=torch.int64)
+    start = (i * size).div(out, rounding_mode="floor")
+    end = ((i + 1) * size + out - 1).div(out, rounding_mode="floor")
+    widest = int((end - start).max())
+    cells = torch.minimum(start[:, None] + torch.arange(widest, dtype=torch.int64)[None, :], end[:, None] - 1)
+    return cells.to(device), start.to(device)
 
-    return shape_of
+
+def adaptive_max_exact(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive max pooling for the dtypes torch's kernel refuses (integers), exactly.
+
+    Max is separable: reduce the last spatial dimension, then the one before,
+    each by gathering its windows, carrying the winners' coordinates along.
+    Ties keep the first position in row-major order, as torch's kernels do."""
+    rank = len(sizes)
+    spatial = x.shape[2:]
+    values = x
+    coords: list[torch.Tensor] = []  # winning coordinate per reduced dimension, last dimension first
+    for dim in reversed(range(rank)):
+        axis = 2 + dim
+        cells, starts = _adaptive_windows(spatial[dim], sizes[dim], x.device)
+        gathered = values.index_select(axis, cells.reshape(-1))
+        gathered = gathered.reshape(*values.shape[:axis], sizes[dim], cells.shape[1], *values.shape[axis + 1 :])
+        values, local = gathered.max(dim=axis + 1)
+        at_axis = [1] * values.dim()
+        at_axis[axis] = sizes[dim]
+        chosen = starts.reshape(at_axis) + local
+        # Coordinates found earlier vary along this dimension: keep the chosen ones.
+        coords = [coord.gather(axis, chosen) for coord in coords]
+        coords.append(chosen)
+    flat = torch.zeros_like(values, dtype=torch.int64)
+    for dim, coord in zip(range(rank), reversed(coords), strict=True):
+        flat = flat * spatial[dim] + coord
+    return values, flat
 
 
-def global_max_compute(rank: int) -> Callable[[torch.Tensor, Any, dict[str, torch.Tensor]], Result]:
-    def compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
+def global_plan(rank: int) -> Callable[[Any, Shape], Plan]:
+    def plan(params: Any, shape: Shape) -> Plan:
+        return Plan(_with_sizes(shape, [1] * rank), sizes=(1,) * rank)
+
+    return plan
+
+
+def global_max_compute(rank: int) -> Callable[[torch.Tensor, Any, Plan, dict[str, torch.Tensor]], Result]:
+    def compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
         kept = (*x.shape[:2], *([1] * rank))
         if x.is_floating_point():
             out, indices = _ADAPTIVE_MAX[rank](x, 1, True)
@@ -173,8 +215,8 @@ def global_max_compute(rank: int) -> Callable[[torch.Tensor, Any, dict[str, torc
     return compute
 
 
-def global_avg_compute(rank: int) -> Callable[[torch.Tensor, Any, dict[str, torch.Tensor]], Result]:
-    def compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
+def global_avg_compute(rank: int) -> Callable[[torch.Tensor, Any, Plan, dict[str, torch.Tensor]], Result]:
+    def compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
         return _ADAPTIVE_AVG[rank](x, 1), None
 
     return compute
@@ -183,18 +225,16 @@ def global_avg_compute(rank: int) -> Callable[[torch.Tensor, Any, dict[str, torc
 # ---------------------------------------------------------------- fractional
 
 
-def fractional_sizes(params: Any, shape: Shape) -> list[int]:
+def fractional_plan(params: Any, shape: Shape) -> Plan:
     rank = len(params.kernel_size)
-    spatial = _spatial(shape, rank)
+    spatial = shape[-rank:]
     if (params.output_size is None) == (params.output_ratio is None):
         raise _fail("output_size", "give exactly one of output_size and output_ratio")
     if params.output_size is not None:
         sizes, given = list(params.output_size), "output_size"
     else:
-        sizes, given = (
-            [int(size * ratio) for size, ratio in zip(spatial, params.output_ratio, strict=True)],
-            "output_ratio",
-        )
+        sizes = [int(size * ratio) for size, ratio in zip(spatial, params.output_ratio, strict=True)]
+        given = "output_ratio"
     for dim, (size, out, kernel) in enumerate(zip(spatial, sizes, params.kernel_size, strict=True)):
         if out < 1:
             raise _fail(given, f"the output would be empty in spatial dimension {dim} (input size {size})")
@@ -207,12 +247,7 @@ def fractional_sizes(params: Any, shape: Shape) -> list[int]:
                 f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 "
                 f"{bound} the input size {size}",
             )
-    return sizes
-
-
-def fractional_shape(params: Any, shape: Shape) -> Shape:
-    sizes = fractional_sizes(params, shape)
-    return (*shape[: -len(sizes)], *sizes)
+    return Plan(_with_sizes(shape, sizes), sizes=tuple(sizes))
 
 
 def fractional_samples(seed: int, batch: int, channels: int, rank: int) -> torch.Tensor:
@@ -221,21 +256,22 @@ def fractional_samples(seed: int, batch: int, channels: int, rank: int) -> torch
     return torch.rand(batch, channels, rank, generator=generator, dtype=torch.float64)
 
 
-def fractional_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
+def fractional_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
     rank = len(p.kernel_size)
-    sizes = fractional_sizes(p, tuple(x.shape))
     samples = fractional_samples(p.random_seed, x.shape[0], x.shape[1], rank).to(device=x.device, dtype=x.dtype)
-    out, indices = _FRACTIONAL[rank](x, p.kernel_size, output_size=sizes, return_indices=True, _random_samples=samples)
+    out, indices = _FRACTIONAL[rank](
+        x, p.kernel_size, output_size=list(plan.sizes), return_indices=True, _random_samples=samples
+    )
     return out, indices if p.return_indices else None
 
 
 # ---------------------------------------------------------------- unpooling
 
 
-def unpool_sizes(params: Any, shape: Shape) -> list[int]:
+def unpool_plan(params: Any, shape: Shape) -> Plan:
     rank = len(params.kernel_size)
     stride = params.stride or params.kernel_size
-    spatial = _spatial(shape, rank)
+    spatial = shape[-rank:]
     default = [(size - 1) * stride[d] - 2 * params.padding[d] + params.kernel_size[d] for d, size in enumerate(spatial)]
     if params.output_size is None:
         sizes = default
@@ -256,26 +292,25 @@ def unpool_sizes(params: Any, shape: Shape) -> list[int]:
                 )
     if min(sizes) < 1:
         raise _fail("padding", f"the unpooled output would be empty (size {sizes})")
-    return sizes
+    return Plan(_with_sizes(shape, sizes), sizes=tuple(sizes))
 
 
-def unpool_shape(params: Any, shape: Shape) -> Shape:
-    sizes = unpool_sizes(params, shape)
-    return (*shape[: -len(sizes)], *sizes)
-
-
-def unpool_compute(x: torch.Tensor, p: Any, extra: dict[str, torch.Tensor]) -> Result:
-    sizes = unpool_sizes(p, tuple(x.shape))
-    indices = extra["indices"]
-    plane = math.prod(sizes)
+def unpool_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    plane = math.prod(plan.sizes)
+    indices = extra["indices"].flatten(2)
+    if p.indices_layout == "global":
+        # ONNX counts over the whole (N, C, *spatial) output: take each plane's offset off.
+        lead = x.shape[0] * x.shape[1]
+        offsets = torch.arange(lead, device=x.device, dtype=torch.int64).reshape(x.shape[0], x.shape[1], 1) * plane
+        indices = indices - offsets
     if indices.numel():
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= plane:
-            bad = low if low < 0 else high
-            raise _fail("indices", f"index {bad} is outside the output plane of {plane} elements")
+            where = "outside its (n, c) plane" if p.indices_layout == "global" else f"outside the plane of {plane}"
+            raise _fail("indices", f"an index lies {where} (output spatial size {list(plan.sizes)})")
     flat = x.flatten(2)
     out = torch.zeros((*flat.shape[:2], plane), dtype=x.dtype, device=x.device)
     # scatter_reduce with amax is deterministic where indices repeat (the largest
     # value wins); torch's max_unpool leaves that case unspecified.
-    out.scatter_reduce_(2, indices.flatten(2), flat, reduce="amax", include_self=False)
-    return out.reshape(*x.shape[:2], *sizes), None
+    out.scatter_reduce_(2, indices, flat, reduce="amax", include_self=False)
+    return out.reshape(*x.shape[:2], *plan.sizes), None

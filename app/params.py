@@ -121,6 +121,42 @@ def _spatial_ints(rank: int, minimum: int, optional: bool = False) -> Any:
     return spatial(rank, item, {"type": "integer", "minimum": minimum}, what, optional)
 
 
+PADDING_FORMS = ("valid", "same", "same_lower")
+
+
+def _window_padding(rank: int) -> Any:
+    """torch's ints, a string form, or one ONNX `[begin, end]` pair per spatial dimension."""
+    problem = "padding is an int, a list of {rank} ints, one of {forms}, or a list of {rank} [begin, end] pairs"
+
+    def normalise(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value] * rank
+        if (isinstance(value, str) and value in PADDING_FORMS) or (isinstance(value, list) and len(value) == rank):
+            return value
+        raise PydanticCustomError("padding", problem, {"rank": rank, "forms": ", ".join(PADDING_FORMS)})
+
+    pair = Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]
+    integer = {"type": "integer", "minimum": 0}
+    schema = {
+        "anyOf": [
+            integer,
+            {"type": "array", "items": integer, "minItems": rank, "maxItems": rank},
+            {"enum": list(PADDING_FORMS)},
+            {
+                "type": "array",
+                "items": {"type": "array", "items": integer, "minItems": 2, "maxItems": 2},
+                "minItems": rank,
+                "maxItems": rank,
+            },
+        ]
+    }
+    return Annotated[
+        list[NonNegativeInt] | Literal[PADDING_FORMS] | list[pair],  # type: ignore[valid-type]
+        BeforeValidator(normalise),
+        WithJsonSchema(schema),
+    ]
+
+
 def _required(annotation: Any, description: str) -> tuple[Any, Any]:
     return annotation, Field(..., description=description)
 
@@ -136,12 +172,40 @@ FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
         _spatial_ints(r, 1, optional=True), None, "Step between windows; default: kernel_size."
     ),
     "padding": lambda r: _optional(
-        _spatial_ints(r, 0), 0, "Implicit padding on both sides of each spatial dimension, at most half the kernel."
+        _window_padding(r),
+        0,
+        "Padding: an int or one per spatial dimension on both sides, at most half the kernel (torch); "
+        '"valid" (none); "same" (ceil(size / stride) outputs, the odd cell at the end: ONNX SAME_UPPER, Keras); '
+        '"same_lower" (the odd cell at the start); or one [begin, end] pair per spatial dimension (ONNX pads). '
+        "Padded cells never win a max.",
+    ),
+    "unpool_padding": lambda r: _optional(
+        _spatial_ints(r, 0), 0, "The padding of the max pooling being inverted: an int or one per spatial dimension."
     ),
     "dilation": lambda r: _optional(_spatial_ints(r, 1), 1, "Spacing between window elements."),
+    "absolute": lambda r: _optional(
+        bool,
+        False,
+        "false: torch's lp_pool, sum(x**p)**(1/p) with no absolute value (where torch can run it, exactly "
+        "its result); true: ONNX's LpPool, sum(|x|**p)**(1/p) over the cells each window covers.",
+    ),
+    "indices_layout": lambda r: _optional(
+        Literal["plane", "global"],
+        "plane",
+        "plane: flat index within each (*spatial) plane (torch); global: flat index into the whole "
+        "(N, C, *spatial) input (ONNX MaxPool's Indices).",
+    ),
+    "keepdims": lambda r: _optional(
+        bool, True, "Keep the pooled dimensions as size 1; false returns (N, C) (Keras' default)."
+    ),
     "ceil_mode": lambda r: _optional(bool, False, "Round the output size up instead of down."),
     "return_indices": lambda r: _optional(bool, False, "Also return the argmax positions as `indices`."),
-    "count_include_pad": lambda r: _optional(bool, True, "Count zero-padding in the average's divisor."),
+    "count_include_pad": lambda r: _optional(
+        bool | None,
+        None,
+        "Count padded cells in the average's divisor. Default: true for int padding (torch), "
+        "false for the string forms and [begin, end] pairs (Keras, ONNX).",
+    ),
     "divisor_override": lambda r: _optional(
         PositiveInt | None, None, "Divide every window's sum by this number instead of its size."
     ),
@@ -173,13 +237,16 @@ FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
         None,
         "Output size: an int, the spatial sizes, or the full shape; default (in - 1) * stride - 2 * padding + kernel.",
     ),
-    "indices": lambda r: _required(
-        TensorField, "The argmax indices from the max pooling, shaped as input (plane layout)."
+    "indices": lambda r: _optional(
+        TensorField,
+        None,
+        "The argmax indices from the max pooling, shaped as input, in the layout indices_layout names.",
     ),
 }
 
 # Fields whose public name differs from their key in FIELDS.
 PUBLIC_NAME = {
+    "unpool_padding": "padding",
     "adaptive_output_size": "output_size",
     "fractional_output_size": "output_size",
     "unpool_output_size": "output_size",
@@ -191,12 +258,25 @@ class PoolParams(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
 
-    input: TensorField = Field(..., description="The tensor to pool.")
+    input: TensorField = Field(None, description="The tensor to pool (required unless dry_run gives input_shape).")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
         "float32", description="Element type of a nested or flat input; a .npy input carries its own."
     )
     output_encoding: Literal[ENCODINGS] | None = Field(  # type: ignore[valid-type]
         None, description="How tensors are encoded in a JSON response; default: as the input was."
+    )
+    data_format: Literal["channels_first", "channels_last"] = Field(
+        "channels_first",
+        description="channels_first: (N, C, *spatial) as torch; channels_last: (N, *spatial, C) as Keras, "
+        "for the input and the result alike.",
+    )
+    dry_run: bool = Field(
+        False,
+        description="Validate and answer the output's shape, dtype and effective [begin, end] padding "
+        "without computing; give input_shape instead of input.",
+    )
+    input_shape: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="With dry_run: the shape of the input that would be sent."
     )
 
 

@@ -26,6 +26,8 @@ from app.catalogue import OpSpec
 from app.codecs import Limits, Tensor
 from app.errors import InvalidParameters, TooLarge, UndecodableBody, validation_problem
 from app.execution import Executor, to_numpy, with_half_fallback
+from app.kernels import Plan
+from app.layout import Layout, global_indices
 from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
 
 log = logging.getLogger("app.pipeline")
@@ -112,14 +114,15 @@ def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, 
 
 
 def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The fields of a JSON body and its tensors, decoded (those that are there)."""
     fields = parse_json_body(raw)
     names = ("input", *spec.family.extra_tensors)
     dtype, dtype_given = _request_dtype(fields)
     maybe_bools = _loose_booleans(raw, fields, names)
     tensors = {}
     for name in names:
-        if name not in fields:
-            raise InvalidParameters.at(("body", name), "Field required", "missing")
+        if fields.get(name) is None:
+            continue
         is_input = name == "input"
         tensors[name] = codecs.decode_json_tensor(
             fields[name],
@@ -167,34 +170,38 @@ def decode_binary_request(
     return fields, tensors
 
 
-def check_tensor(spec: OpSpec, tensors: dict[str, Tensor]) -> tuple[int, ...]:
-    """Rank, sizes and dtype of the input for this op; the batched shape."""
-    x = tensors["input"]
-    shape = x.array.shape
+def _layout_text(rank: int, channels_last: bool) -> str:
+    spatial = ["L"] if rank == 1 else ["H", "W"] if rank == 2 else ["D", "H", "W"]
+    dims = [*spatial, "C"] if channels_last else ["C", *spatial]
+    return "(N, " + ", ".join(dims) + ")"
+
+
+def check_input(
+    spec: OpSpec, params: Any, shape: tuple[int, ...], dtype: str, extra_shapes: dict[str, tuple[int, ...]], prefix: str
+) -> Layout:
+    """Rank, sizes and dtype of the input for this op, and the layout it arrived in."""
     rank = spec.rank
+    channels_last = params.data_format == "channels_last"
+    where = (prefix, "input_shape" if params.dry_run else "input")
     if len(shape) not in (rank + 1, rank + 2):
-        layout = "(N, C, " + ", ".join(["L"] if rank == 1 else ["H", "W"] if rank == 2 else ["D", "H", "W"]) + ")"
         raise InvalidParameters.at(
-            ("body", "input"),
-            f"{spec.name} takes {rank + 2} dimensions {layout} or {rank + 1} without the batch; got {len(shape)}",
+            where,
+            f"{spec.name} takes {rank + 2} dimensions {_layout_text(rank, channels_last)} "
+            f"or {rank + 1} without the batch; got {len(shape)}",
             "rank",
         )
-    batched = shape if len(shape) == rank + 2 else (1, *shape)
-    if 0 in batched[1:]:
-        raise InvalidParameters.at(
-            ("body", "input"), f"shape {list(shape)} has a zero-sized channel or spatial dimension", "empty"
-        )
-    if x.dtype not in spec.family.dtypes:
+    layout = Layout(rank, len(shape) == rank + 2, channels_last, getattr(params, "keepdims", True))
+    if 0 in layout.canonical_shape(shape)[1:]:
+        raise InvalidParameters.at(where, f"shape {list(shape)} has a zero-sized channel or spatial dimension", "empty")
+    if dtype not in spec.family.dtypes:
         kinds = "floating-point" if spec.family.dtypes == codecs.FLOAT_DTYPES else ", ".join(spec.family.dtypes)
-        raise InvalidParameters.at(("body", "input"), f"{spec.name} takes {kinds} tensors, not {x.dtype}", "dtype")
-    for name in spec.family.extra_tensors:
-        if tensors[name].array.shape != shape:
+        raise InvalidParameters.at(where, f"{spec.name} takes {kinds} tensors, not {dtype}", "dtype")
+    for name, extra in extra_shapes.items():
+        if extra != shape:
             raise InvalidParameters.at(
-                ("body", name),
-                f"{name} has shape {list(tensors[name].array.shape)}; it must match input's {list(shape)}",
-                "shape",
+                (prefix, name), f"{name} has shape {list(extra)}; it must match input's {list(shape)}", "shape"
             )
-    return tuple(batched)
+    return layout
 
 
 def validate_params(spec: OpSpec, fields: dict[str, Any], prefix: str) -> Any:
@@ -205,27 +212,25 @@ def validate_params(spec: OpSpec, fields: dict[str, Any], prefix: str) -> Any:
 
 
 def compute(
-    executor: Executor, spec: OpSpec, params: Any, tensors: dict[str, Tensor]
+    executor: Executor, spec: OpSpec, params: Any, plan: Plan, layout: Layout, tensors: dict[str, Tensor]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Runs in the compute pool: to the device, pool, back to the host."""
+    """Runs in the compute pool: to the device in torch's layout, pool, back in the request's."""
     x = tensors["input"]
-    batched = x.array.ndim == spec.rank + 2
-    tensor = executor.to_device(x.array, x.dtype)
-    extra = {name: executor.to_device(tensors[name].array, "int64") for name in spec.family.extra_tensors}
-    if not batched:
-        tensor = tensor.unsqueeze(0)
-        extra = {name: value.unsqueeze(0) for name, value in extra.items()}
+    tensor = layout.canonical(executor.to_device(x.array, x.dtype))
+    extra = {
+        name: layout.canonical(executor.to_device(tensors[name].array, "int64")) for name in spec.family.extra_tensors
+    }
     try:
-        out, indices = with_half_fallback(spec.compute, tensor, params, extra)
+        out, indices = with_half_fallback(spec.compute, tensor, params, plan, extra)
     except (RuntimeError, ValueError) as exc:
         # The pre-checks should have caught this; never let it become a 500.
         log.warning("%s refused by torch after validation: %s", spec.name, exc)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidParameters(f"{spec.name} cannot run on this input: {first_line}") from None
-    if not batched:
-        out = out.squeeze(0)
-        indices = indices.squeeze(0) if indices is not None else None
-    return to_numpy(out), to_numpy(indices) if indices is not None else None
+    if indices is not None and params.indices_layout == "global":
+        indices = global_indices(indices, tuple(tensor.shape))
+    out = layout.present(out)
+    return to_numpy(out), to_numpy(layout.present(indices)) if indices is not None else None
 
 
 async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Response:
@@ -244,13 +249,18 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
         fields, tensors = decode_binary_request(raw, kind, request.query_params, spec, runtime.limits)
         prefix = "query"
     params = validate_params(spec, fields, prefix)
-    batched = check_tensor(spec, tensors)
-    out_shape = spec.output_shape(params, batched)
-    if math.prod(out_shape) > runtime.limits.max_elements:
-        raise TooLarge(
-            f"the output would have {math.prod(out_shape)} elements; the limit is {runtime.limits.max_elements}"
-        )
+    if params.dry_run:
+        return dry_run(spec, params, tensors, runtime, prefix)
+    for name in ("input", *spec.family.extra_tensors):
+        if name not in tensors:
+            raise InvalidParameters.at((prefix, name), f"{name} is required (or dry_run with input_shape)", "missing")
+    if params.input_shape is not None:
+        raise InvalidParameters.at((prefix, "input_shape"), "input_shape goes with dry_run: true", "dry_run")
+
     x = tensors["input"]
+    extra_shapes = {name: tensors[name].array.shape for name in spec.family.extra_tensors}
+    layout = check_input(spec, params, x.array.shape, x.dtype, extra_shapes, prefix)
+    plan = plan_output(spec, params, layout.canonical_shape(x.array.shape), runtime.limits)
     encoding = params.output_encoding or ("npy_base64" if kind != "json" else x.encoding)
     if x.dtype == "bfloat16" and (answer != JSON or encoding == "npy_base64"):
         raise InvalidParameters.at(
@@ -261,8 +271,38 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
     if "random_seed" in type(params).model_fields and params.random_seed is None:
         params.random_seed = secrets.randbits(63)
 
-    out, indices = await runtime.executor.run(compute, runtime.executor, spec, params, tensors)
+    out, indices = await runtime.executor.run(compute, runtime.executor, spec, params, plan, layout, tensors)
     return encode_response(spec, params, x.dtype, out, indices, answer, encoding, runtime.executor.device)
+
+
+def plan_output(spec: OpSpec, params: Any, canonical: tuple[int, ...], limits: Limits) -> Plan:
+    plan = spec.plan(params, canonical)
+    size = math.prod(plan.out_shape)
+    if size > limits.max_elements:
+        raise TooLarge(f"the output would have {size} elements; the limit is {limits.max_elements}")
+    return plan
+
+
+def dry_run(spec: OpSpec, params: Any, tensors: dict[str, Tensor], runtime: Runtime, prefix: str) -> Response:
+    """Everything but the computation: the output's shape, dtype and effective padding."""
+    if tensors or params.input_shape is None:
+        raise InvalidParameters.at(
+            (prefix, "input_shape"), "dry_run takes input_shape in place of input (and of indices)", "dry_run"
+        )
+    shape = tuple(params.input_shape)
+    codecs.check_size(shape, runtime.limits, (prefix, "input_shape"))
+    layout = check_input(spec, params, shape, params.dtype, {}, prefix)
+    plan = plan_output(spec, params, layout.canonical_shape(shape), runtime.limits)
+    body = {
+        "op": spec.name,
+        "shape": list(layout.present_shape(plan.out_shape)),
+        "dtype": params.dtype,
+        "output": None,
+        "indices": None,
+        "device": str(runtime.executor.device),
+        "padding": plan.padding,
+    }
+    return Response(orjson.dumps(body), media_type=JSON)
 
 
 def encode_response(

@@ -122,6 +122,9 @@ def reference(spec: OpSpec, x: torch.Tensor, params: dict[str, Any], indices: to
         return getattr(F, f"lp_pool{r}d")(x, norm, **p), None
     if fam in ("adaptive-max", "adaptive-avg"):
         size = [s if s is not None else x.shape[-r + d] for d, s in enumerate(_spatial_list(p["output_size"], r))]
+        if fam == "adaptive-max" and not x.is_floating_point():
+            out, idx = adaptive_max_numpy(x.numpy(), size)
+            return torch.from_numpy(out), torch.from_numpy(idx) if want else None
         if fam == "adaptive-max":
             out, idx = getattr(F, f"adaptive_max_pool{r}d")(x, size, return_indices=True)
             return out, idx if want else None
@@ -157,6 +160,26 @@ def reference(spec: OpSpec, x: torch.Tensor, params: dict[str, Any], indices: to
         np.put_along_axis(placed, indices.numpy().reshape(*lead, -1), values, axis=-1)
         return torch.from_numpy(placed.reshape(out.shape)), None
     raise AssertionError(fam)
+
+
+def adaptive_max_numpy(x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive max pooling element by element (torch has no integer kernel):
+    window i of n over L cells is [floor(i*L/n), ceil((i+1)*L/n)); the first maximum wins."""
+    rank = len(sizes)
+    spatial = x.shape[-rank:]
+    lead = x.shape[:-rank]
+    out = np.empty((*lead, *sizes), dtype=x.dtype)
+    idx = np.empty((*lead, *sizes), dtype=np.int64)
+    for position in np.ndindex(*sizes):
+        bounds = [
+            (position[d] * spatial[d] // sizes[d], -(-(position[d] + 1) * spatial[d] // sizes[d])) for d in range(rank)
+        ]
+        window = x[(..., *(slice(lo, hi) for lo, hi in bounds))].reshape(*lead, -1)
+        best = window.argmax(axis=-1)
+        out[(..., *position)] = np.take_along_axis(window, best[..., None], axis=-1)[..., 0]
+        local = np.unravel_index(best, [hi - lo for lo, hi in bounds])
+        idx[(..., *position)] = np.ravel_multi_index([c + lo for c, (lo, _) in zip(local, bounds)], spatial)
+    return out, idx
 
 
 def unpool_inputs(spec: OpSpec, case: Case, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,235 @@
+"""Sliding windows with every padding the frameworks know, as ONNX defines them.
+
+Padding is torch's symmetric ints, `"valid"`, `"same"` (the odd cell at the
+end, ONNX SAME_UPPER, Keras, TF), `"same_lower"`, or ONNX's `[begin, end]`
+pairs, combined with stride, dilation and ceil_mode. `plan_windows` resolves
+them to per-dimension `(begin, end)` pads and output sizes, refusing what
+cannot be pooled; the compute functions run on torch tensors:
+
+- max: torch's own max pooling over the explicitly padded tensor (the pad is
+  the dtype's lowest value, so a padded cell never wins), then indices mapped
+  back to the unpadded input;
+- sums (average, Lp): a strided view of the windows, summed;
+- divisors: per dimension, how many cells of each window fall in the input
+  (or in the input plus its padding), multiplied across dimensions, since a
+  window is a product of one range per dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from app.errors import InvalidParameters
+
+Pads = tuple[tuple[int, int], ...]
+SAME_FORMS = ("same", "same_lower")
+STRING_FORMS = ("valid", *SAME_FORMS)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: Pads  # effective (begin, end) per spatial dimension
+    out: tuple[int, ...]
+    spatial: tuple[int, ...]  # the input's spatial sizes
+    ceil_mode: bool
+    torch_form: bool  # padding was given as ints, torch's form
+
+    @property
+    def symmetric(self) -> bool:
+        """Padding torch can apply itself: the same on both sides, at most half the kernel."""
+        return all(b == e and b <= k // 2 for (b, e), k in zip(self.pads, self.kernel, strict=True))
+
+    @property
+    def undilated(self) -> bool:
+        return all(d == 1 for d in self.dilation)
+
+    @property
+    def unpadded(self) -> bool:
+        return all(b == 0 and e == 0 for b, e in self.pads)
+
+    @property
+    def torch_padding(self) -> list[int]:
+        return [b for b, _ in self.pads]
+
+
+def _fail(param: str, msg: str) -> InvalidParameters:
+    return InvalidParameters.at(("body", param), msg)
+
+
+def window_count(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int, ceil_mode: bool) -> int:
+    """Windows along one dimension (torch's `pooling_output_shape`, ONNX's rule):
+    under ceil_mode a last window that would start inside the end padding is dropped."""
+    begin, end = pads
+    span = size + begin + end - dilation * (kernel - 1) - 1
+    count = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (count - 1) * stride >= size + begin:
+        count -= 1
+    return count
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple[int, int]:
+    """TF/Keras/ONNX "same": ceil(size / stride) windows; never negative padding."""
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size)
+    small, large = total // 2, total - total // 2
+    return (large, small) if lower else (small, large)
+
+
+def resolve_pads(
+    padding: Any, kernel: list[int], stride: list[int], dilation: list[int], spatial: tuple[int, ...]
+) -> tuple[Pads, bool]:
+    """Per-dimension (begin, end) pads for any padding form, and whether it was torch's int form."""
+    rank = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * rank, False
+        lower = padding == "same_lower"
+        return tuple(same_pads(spatial[d], kernel[d], stride[d], dilation[d], lower) for d in range(rank)), False
+    if padding and isinstance(padding[0], list):
+        return tuple((b, e) for b, e in padding), False
+    for dim, (pad, k) in enumerate(zip(padding, kernel, strict=True)):
+        if pad > k // 2:
+            raise _fail(
+                "padding",
+                f"padding {pad} in spatial dimension {dim} exceeds half the kernel size {k}; "
+                "use [begin, end] pairs for larger padding",
+            )
+    return tuple((p, p) for p in padding), True
+
+
+def _windows_touch_input(size: int, kernel: int, stride: int, begin: int, dilation: int, count: int) -> bool:
+    """Whether every window has at least one cell inside the input (vectorised over windows)."""
+    starts = torch.arange(count, dtype=torch.int64) * stride - begin
+    first = torch.clamp(-(starts.div(dilation, rounding_mode="floor")), min=0)  # first j with start + j*d >= 0
+    last = torch.clamp((size - 1 - starts).div(dilation, rounding_mode="floor"), max=kernel - 1)
+    return bool((first <= last).all())
+
+
+def plan_windows(params: Any, spatial: tuple[int, ...]) -> WindowPlan:
+    rank = len(params.kernel_size)
+    kernel = params.kernel_size
+    stride = params.stride or kernel
+    dilation = getattr(params, "dilation", None) or [1] * rank
+    padding = getattr(params, "padding", None)
+    if padding is None:
+        padding = [0] * rank
+    pads, torch_form = resolve_pads(padding, kernel, stride, dilation, spatial)
+    out = []
+    for dim, size in enumerate(spatial):
+        count = window_count(size, kernel[dim], stride[dim], pads[dim], dilation[dim], params.ceil_mode)
+        reach = dilation[dim] * (kernel[dim] - 1) + 1
+        if count < 1:
+            raise _fail(
+                "kernel_size",
+                f"the output would be empty: spatial dimension {dim} has size {size} "
+                f"(+{sum(pads[dim])} padding) but the window spans {reach}",
+            )
+        if not _windows_touch_input(size, kernel[dim], stride[dim], pads[dim][0], dilation[dim], count):
+            raise _fail("padding", f"a window in spatial dimension {dim} lies wholly in the padding")
+        out.append(count)
+    return WindowPlan(
+        tuple(kernel), tuple(stride), tuple(dilation), pads, tuple(out), tuple(spatial), params.ceil_mode, torch_form
+    )
+
+
+def lowest(dtype: torch.dtype) -> float | int:
+    return -math.inf if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+def pad_for_windows(x: torch.Tensor, plan: WindowPlan, value: float | int) -> torch.Tensor:
+    """`x` padded as the plan says, plus any cells the last windows reach past the end
+    padding under ceil_mode (filled the same way; they never count)."""
+    widths: list[int] = []
+    for dim in reversed(range(len(plan.kernel))):  # F.pad lists the last dimension first
+        begin, end = plan.pads[dim]
+        reach = (plan.out[dim] - 1) * plan.stride[dim] + plan.dilation[dim] * (plan.kernel[dim] - 1) + 1
+        overhang = max(0, reach - (plan.spatial[dim] + begin + end))
+        widths += [begin, end + overhang]
+    if not any(widths):
+        return x
+    return F.pad(x, widths, value=value)
+
+
+def window_view(padded: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """(N, C, *out, *kernel): every window's cells, as a strided view (no copy)."""
+    rank = len(plan.kernel)
+    padded = padded.contiguous()
+    lead_strides = padded.stride()[:2]
+    cell = padded.stride()[2:]
+    return padded.as_strided(
+        (*padded.shape[:2], *plan.out, *plan.kernel),
+        (
+            *lead_strides,
+            *(cell[d] * plan.stride[d] for d in range(rank)),
+            *(cell[d] * plan.dilation[d] for d in range(rank)),
+        ),
+    )
+
+
+def sum_windows(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """The sum of every window, padded cells counting as zero."""
+    rank = len(plan.kernel)
+    view = window_view(pad_for_windows(x, plan, 0), plan)
+    return view.sum(dim=tuple(range(-rank, 0)), dtype=x.dtype)
+
+
+def cell_counts(plan: WindowPlan, include_pad: bool, like: torch.Tensor) -> torch.Tensor:
+    """How many cells of each window lie in the input (or, with `include_pad`, in the
+    input and its padding, never in the ceil_mode overhang); shaped to broadcast."""
+    rank = len(plan.kernel)
+    counts = torch.ones((), dtype=torch.float64)
+    for dim in range(rank):
+        begin, end = plan.pads[dim]
+        low, high = (0, plan.spatial[dim] + begin + end) if include_pad else (begin, begin + plan.spatial[dim])
+        starts = torch.arange(plan.out[dim], dtype=torch.int64) * plan.stride[dim]
+        cells = starts[:, None] + torch.arange(plan.kernel[dim], dtype=torch.int64)[None, :] * plan.dilation[dim]
+        per_dim = ((cells >= low) & (cells < high)).sum(dim=1).to(torch.float64)
+        counts = counts.unsqueeze(-1) * per_dim
+    return counts.to(device=like.device, dtype=like.dtype)
+
+
+def max_windows(x: torch.Tensor, plan: WindowPlan, want_indices: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Max of every window, and its argmax as a flat index in the unpadded input plane."""
+    rank = len(plan.kernel)
+    padded = pad_for_windows(x, plan, lowest(x.dtype))
+    pool = getattr(F, f"max_pool{rank}d")
+    # torch's integer max_pool1d exists only in its with-indices form.
+    with_indices = want_indices or (rank == 1 and not x.is_floating_point())
+    result = pool(padded, plan.kernel, plan.stride, 0, plan.dilation, False, with_indices)
+    if not with_indices:
+        return result, None
+    out, flat = result
+    if not want_indices:
+        return out, None
+    return out, _unpad_indices(flat, tuple(padded.shape[2:]), plan)
+
+
+def _unpad_indices(flat: torch.Tensor, padded_spatial: tuple[int, ...], plan: WindowPlan) -> torch.Tensor:
+    """Flat indices in the padded plane -> flat indices in the input plane.
+
+    A padded cell wins only where every input cell of its window holds the
+    lowest value too; it is then moved, per dimension, to the window's first
+    cell inside the input, as torch's own padded max pooling reports it."""
+    rank = len(plan.kernel)
+    coords = []
+    rest = flat
+    for dim in reversed(range(rank)):
+        coords.append(rest.remainder(padded_spatial[dim]))
+        rest = rest.div(padded_spatial[dim], rounding_mode="floor")
+    coords.reverse()
+    result = torch.zeros_like(flat)
+    for dim in range(rank):
+        coord = coords[dim] - plan.pads[dim][0]
+        dilation = plan.dilation[dim]
+        steps = (-coord + dilation - 1).div(dilation, rounding_mode="floor")
+        coord = torch.where(coord < 0, coord + steps * dilation, coord)
+        result = result * plan.spatial[dim] + coord
+    return result
