@@ -145,14 +145,14 @@ def lowest(dtype: torch.dtype) -> float | int:
 
 
 def pad_for_windows(x: torch.Tensor, plan: WindowPlan, value: float | int) -> torch.Tensor:
-    """`x` padded as the plan says, plus any cells the last windows reach past the end
-    padding under ceil_mode (filled the same way; they never count)."""
+    """`x` with the begin padding, and exactly as long as the windows reach: end padding
+    plus any ceil_mode overhang (filled the same way; it never counts), or cropped where
+    no window reaches, so that torch's unpadded pooling finds exactly the planned windows."""
     widths: list[int] = []
     for dim in reversed(range(len(plan.kernel))):  # F.pad lists the last dimension first
-        begin, end = plan.pads[dim]
+        begin = plan.pads[dim][0]
         reach = (plan.out[dim] - 1) * plan.stride[dim] + plan.dilation[dim] * (plan.kernel[dim] - 1) + 1
-        overhang = max(0, reach - (plan.spatial[dim] + begin + end))
-        widths += [begin, end + overhang]
+        widths += [begin, reach - begin - plan.spatial[dim]]
     if not any(widths):
         return x
     return F.pad(x, widths, value=value)

@@ -6,6 +6,7 @@ service's kernels, so a test compares the service with torch itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +179,8 @@ def adaptive_max_numpy(x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.
         best = window.argmax(axis=-1)
         out[(..., *position)] = np.take_along_axis(window, best[..., None], axis=-1)[..., 0]
         local = np.unravel_index(best, [hi - lo for lo, hi in bounds])
-        idx[(..., *position)] = np.ravel_multi_index([c + lo for c, (lo, _) in zip(local, bounds)], spatial)
+        coords = [c + lo for c, (lo, _) in zip(local, bounds, strict=True)]
+        idx[(..., *position)] = np.ravel_multi_index(coords, spatial)
     return out, idx
 
 
@@ -205,3 +207,36 @@ def sample(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
         return rng.integers(low, high, size=shape, dtype=np.int64).astype(dtype)
     # Quarter steps in [-8, 8] are exact in every float dtype, bfloat16 included.
     return (rng.integers(-32, 33, size=shape) / 4).astype(np.float32 if dtype == "bfloat16" else dtype)
+
+
+# ---------------------------------------------------------------- windows, element by element
+
+
+def every_window_meets_input(spatial, kernel, stride, dilation, pads, ceil_mode) -> bool:
+    """Element by element: is there at least one window, and does each hold an input cell?"""
+    for size, k, s, d, (begin, end) in zip(spatial, kernel, stride, dilation, pads, strict=True):
+        count = window_count(size, k, s, d, (begin, end), ceil_mode)
+        if count < 1:
+            return False
+        for i in range(count):
+            if not any(0 <= i * s - begin + j * d < size for j in range(k)):
+                return False
+    return True
+
+
+def cells_in_padded_input(spatial, kernel, stride, dilation, pads, ceil_mode) -> np.ndarray:
+    """How many cells of each window lie in the input or its padding, element by element."""
+    counts = np.ones(())
+    for size, k, s, d, (begin, end) in zip(spatial, kernel, stride, dilation, pads, strict=True):
+        count = window_count(size, k, s, d, (begin, end), ceil_mode)
+        per_dim = [sum(i * s + j * d < begin + size + end for j in range(k)) for i in range(count)]
+        counts = np.multiply.outer(counts, np.array(per_dim, dtype=np.float64))
+    return counts
+
+
+def window_count(size, kernel, stride, dilation, pads, ceil_mode):
+    reach = size + sum(pads) - dilation * (kernel - 1) - 1
+    count = (math.ceil(reach / stride) if ceil_mode else math.floor(reach / stride)) + 1
+    if ceil_mode and (count - 1) * stride >= size + pads[0]:
+        count -= 1
+    return count

@@ -218,7 +218,11 @@ def test_too_many_dimensions_is_413(client):
         ("max2d", {"input": GRID, "input_shape": [1, 1, 4, 4], "kernel_size": 2}, ["body", "input_shape"]),
         ("max2d", {"input_shape": [1, 1, 4, 4], "kernel_size": 2}, ["body", "input"]),
         ("max2d", {"dry_run": True, "input_shape": [1, 4, 4, 1, 1, 1], "kernel_size": 2}, ["body", "input_shape"]),
-        ("avg2d", {"dry_run": True, "input_shape": [1, 1, 4, 4], "dtype": "int64", "kernel_size": 2}, ["body", "input_shape"]),
+        (
+            "avg2d",
+            {"dry_run": True, "input_shape": [1, 1, 4, 4], "dtype": "int64", "kernel_size": 2},
+            ["body", "input_shape"],
+        ),
         ("max2d", {"input": GRID, "kernel_size": 2, "data_format": "channels_last"}, ["body", "kernel_size"]),
         ("fractional-max2d", {"input": GRID, "kernel_size": 2}, ["body", "output_size"]),
         (
