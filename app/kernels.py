@@ -142,7 +142,7 @@ def adaptive_plan(params: Any, shape: Shape) -> Plan:
 
 def adaptive_max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
     if not x.is_floating_point():
-        out, indices = adaptive_max_exact(x, plan.sizes)
+        out, indices = adaptive_max_integer(x, plan.sizes)
         return out, indices if p.return_indices else None
     if p.return_indices:
         out, indices = _ADAPTIVE_MAX[len(plan.sizes)](x, list(plan.sizes), True)
@@ -152,6 +152,27 @@ def adaptive_max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
 
 def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
     return _ADAPTIVE_AVG[len(plan.sizes)](x, list(plan.sizes)), None
+
+
+_FLOAT64_EXACT = 2**53  # every integer up to this size is a float64
+
+
+def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive max pooling of integers, which torch's kernel refuses, exactly."""
+    rank = len(sizes)
+    spatial = x.shape[2:]
+    if all(size % out == 0 for size, out in zip(spatial, sizes, strict=True)):
+        # Windows of equal size, side by side: torch's max pooling, which takes integers.
+        kernel = [size // out for size, out in zip(spatial, sizes, strict=True)]
+        return _MAX[rank](x, kernel, kernel, return_indices=True)
+    fits = x.dtype != torch.int64 or (
+        x.numel() == 0 or (int(x.min()) >= -_FLOAT64_EXACT and int(x.max()) <= _FLOAT64_EXACT)
+    )
+    if fits:
+        # Every value is a float64 exactly, so torch's float kernel loses nothing.
+        out, indices = _ADAPTIVE_MAX[rank](x.double(), list(sizes), True)
+        return out.to(x.dtype), indices
+    return adaptive_max_exact(x, sizes)
 
 
 def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +200,7 @@ def adaptive_max_exact(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.T
     for dim in reversed(range(rank)):
         axis = 2 + dim
         cells, starts = _adaptive_windows(spatial[dim], sizes[dim], x.device)
-        gathered = values.index_select(axis, cells.reshape(-1))
+        gathered = values[(slice(None),) * axis + (cells.reshape(-1),)]
         gathered = gathered.reshape(*values.shape[:axis], sizes[dim], cells.shape[1], *values.shape[axis + 1 :])
         values, local = gathered.max(dim=axis + 1)
         at_axis = [1] * values.dim()

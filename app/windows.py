@@ -158,27 +158,59 @@ def pad_for_windows(x: torch.Tensor, plan: WindowPlan, value: float | int) -> to
     return F.pad(x, widths, value=value)
 
 
-def window_view(padded: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
-    """(N, C, *out, *kernel): every window's cells, as a strided view (no copy)."""
-    rank = len(plan.kernel)
-    padded = padded.contiguous()
-    lead_strides = padded.stride()[:2]
-    cell = padded.stride()[2:]
-    return padded.as_strided(
-        (*padded.shape[:2], *plan.out, *plan.kernel),
-        (
-            *lead_strides,
-            *(cell[d] * plan.stride[d] for d in range(rank)),
-            *(cell[d] * plan.dilation[d] for d in range(rank)),
-        ),
-    )
+def torch_window_slices(plan: WindowPlan) -> tuple[list[int], tuple[slice, ...]] | None:
+    """Symmetric padding and output slices that make torch's own pooling (with its
+    implicit padding, under ceil_mode) produce exactly the planned windows, if any do.
+
+    With padding P = max(begin, end) on both sides, torch's windows start at
+    j * stride - P; the planned ones start at i * stride - begin, so they are
+    torch's windows from j = (P - begin) / stride on, when that is whole."""
+    padding, slices = [], []
+    for dim, ((begin, end), kernel, stride) in enumerate(zip(plan.pads, plan.kernel, plan.stride, strict=True)):
+        both = max(begin, end)
+        if both > kernel // 2 or (both - begin) % stride:
+            return None
+        first = (both - begin) // stride
+        available = window_count(plan.spatial[dim], kernel, stride, (both, both), plan.dilation[dim], True)
+        if first + plan.out[dim] > available:
+            return None
+        padding.append(both)
+        slices.append(slice(first, first + plan.out[dim]))
+    return padding, (Ellipsis, *slices)
 
 
 def sum_windows(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
     """The sum of every window, padded cells counting as zero."""
     rank = len(plan.kernel)
-    view = window_view(pad_for_windows(x, plan, 0), plan)
-    return view.sum(dim=tuple(range(-rank, 0)), dtype=x.dtype)
+    if plan.undilated:
+        # torch's average pooling with a divisor of 1 sums; its padding is zeros.
+        pool = F.avg_pool2d if rank == 1 else getattr(F, f"avg_pool{rank}d")
+        native = torch_window_slices(plan)
+        if native is not None:
+            padding, window = native
+            source, kernel, stride = x, list(plan.kernel), list(plan.stride)
+        else:
+            padding, window = [0] * rank, (Ellipsis,)
+            source, kernel, stride = pad_for_windows(x, plan, 0), list(plan.kernel), list(plan.stride)
+        if rank == 1:  # avg_pool1d has no divisor_override: a 2-D pool of height 1 is the same
+            sums = pool(source.unsqueeze(-2), [1, *kernel], [1, *stride], [0, *padding], True, True, 1).squeeze(-2)
+        else:
+            sums = pool(source, kernel, stride, padding, True, True, 1)
+        return sums[window]
+    # Dilated: a window is a product of one range per dimension, so its sum is
+    # separable; along each dimension, add the kernel's strided slices.
+    sums = pad_for_windows(x, plan, 0)
+    for dim in range(rank):
+        axis = 2 + dim
+        step, gap, count = plan.stride[dim], plan.dilation[dim], plan.out[dim]
+        total = None
+        for j in range(plan.kernel[dim]):
+            part = sums.narrow(axis, j * gap, (count - 1) * step + 1)
+            part = part[(slice(None),) * axis + (slice(None, None, step),)]
+            total = part.clone() if total is None else total.add_(part)
+        assert total is not None
+        sums = total
+    return sums
 
 
 def cell_counts(plan: WindowPlan, include_pad: bool, like: torch.Tensor) -> torch.Tensor:
@@ -199,10 +231,19 @@ def cell_counts(plan: WindowPlan, include_pad: bool, like: torch.Tensor) -> torc
 def max_windows(x: torch.Tensor, plan: WindowPlan, want_indices: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Max of every window, and its argmax as a flat index in the unpadded input plane."""
     rank = len(plan.kernel)
-    padded = pad_for_windows(x, plan, lowest(x.dtype))
     pool = getattr(F, f"max_pool{rank}d")
     # torch's integer max_pool1d exists only in its with-indices form.
     with_indices = want_indices or (rank == 1 and not x.is_floating_point())
+    native = torch_window_slices(plan)
+    if native is not None:
+        # torch's own padding never wins and its indices are already the input's.
+        padding, window = native
+        result = pool(x, plan.kernel, plan.stride, padding, plan.dilation, True, with_indices)
+        if not with_indices:
+            return result[window], None
+        out, flat = result
+        return out[window], flat[window] if want_indices else None
+    padded = pad_for_windows(x, plan, lowest(x.dtype))
     result = pool(padded, plan.kernel, plan.stride, 0, plan.dilation, False, with_indices)
     if not with_indices:
         return result, None
