@@ -186,16 +186,14 @@ def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int)
 def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...]) -> np.ndarray:
     target = CARRIER[dtype]
     if target.kind in "iu":
-        if array.dtype.kind not in "iu":
-            if array.size and array.dtype.kind == "f":
-                raise InvalidParameters.at(
-                    loc, f"{dtype} holds integers; the values are not all integers that fit it", "dtype"
-                )
-            if array.dtype.kind == "O":
-                raise InvalidParameters.at(loc, f"a value does not fit {dtype}", "dtype")
-            return array.astype(target)
+        if array.dtype.kind == "f":
+            # 3.0 is an integer too (JSON does not tell them apart); 3.5 and NaN are not.
+            if array.size and not np.array_equal(array, np.trunc(array)):
+                raise InvalidParameters.at(loc, f"{dtype} holds integers; the values are not all integers", "dtype")
+        elif array.dtype.kind not in "iu":
+            raise InvalidParameters.at(loc, f"a value does not fit {dtype}", "dtype")
         info = np.iinfo(target)
-        if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
+        if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
         return array.astype(target, copy=False)
     try:

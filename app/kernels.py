@@ -69,6 +69,21 @@ def sliding_plan(params: Any, shape: Shape) -> Plan:
     return Plan(_with_sizes(shape, plan.out), [list(pad) for pad in plan.pads], plan)
 
 
+def averaging_plan(params: Any, shape: Shape) -> Plan:
+    """Average and Lp pooling: as max, but where torch's own 3-D average pooling
+    refuses an input smaller than the window, so does the torch form of padding."""
+    plan = sliding_plan(params, shape)
+    w = plan.windows
+    assert w is not None
+    if len(w.kernel) == 3 and w.torch_form and not w.input_holds_window:
+        raise _fail(
+            "kernel_size",
+            f"the input's spatial size {list(w.spatial)} is smaller than the window {list(w.kernel)}; "
+            "torch's 3-D average pooling refuses that even with padding ([begin, end] pairs pool it)",
+        )
+    return plan
+
+
 def max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
     w = plan.windows
     assert w is not None
@@ -93,7 +108,7 @@ def avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tens
     assert w is not None
     rank = len(w.kernel)
     include_pad = _count_include_pad(p, w)
-    if w.symmetric and w.undilated:
+    if w.symmetric and w.undilated and (rank < 3 or w.input_holds_window):
         if rank == 1:
             # avg_pool1d has no divisor_override; torch itself runs it as a 2-D pool of height 1.
             out = F.avg_pool2d(
@@ -117,7 +132,7 @@ def lp_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tenso
     w = plan.windows
     assert w is not None
     rank = len(w.kernel)
-    if w.unpadded and w.undilated and not p.absolute:
+    if w.unpadded and w.undilated and not p.absolute and (rank < 3 or w.input_holds_window):
         kernel, stride = list(w.kernel), list(w.stride)
         if rank == 1:  # lp_pool1d multiplies by kernel_size, so it must be an int there
             return _LP[1](x, p.norm_type, kernel[0], stride[0], w.ceil_mode), None

@@ -145,6 +145,7 @@ def catalogue_listing() -> dict[str, Any]:
                 "returns_indices": spec.family.has_indices,
                 "tensors": ["input", *spec.family.extra_tensors],
                 "parameters": _parameter_rows(spec),
+                "examples": spec.family.examples(spec.rank),
             }
             for spec in CATALOGUE.values()
         ],

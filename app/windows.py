@@ -56,6 +56,12 @@ class WindowPlan:
         return all(b == 0 and e == 0 for b, e in self.pads)
 
     @property
+    def input_holds_window(self) -> bool:
+        """Whether the unpadded input spans a whole window in every dimension, which
+        torch's 3-D average pooling demands (its 1-D and 2-D kernels do not)."""
+        return all(size >= d * (k - 1) + 1 for size, k, d in zip(self.spatial, self.kernel, self.dilation, strict=True))
+
+    @property
     def torch_padding(self) -> list[int]:
         return [b for b, _ in self.pads]
 
@@ -158,14 +164,15 @@ def pad_for_windows(x: torch.Tensor, plan: WindowPlan, value: float | int) -> to
     return F.pad(x, widths, value=value)
 
 
-def torch_window_slices(plan: WindowPlan) -> tuple[list[int], tuple[slice, ...]] | None:
+def torch_window_slices(plan: WindowPlan) -> tuple[list[int], tuple[Any, ...]] | None:
     """Symmetric padding and output slices that make torch's own pooling (with its
     implicit padding, under ceil_mode) produce exactly the planned windows, if any do.
 
     With padding P = max(begin, end) on both sides, torch's windows start at
     j * stride - P; the planned ones start at i * stride - begin, so they are
     torch's windows from j = (P - begin) / stride on, when that is whole."""
-    padding, slices = [], []
+    padding: list[int] = []
+    slices: list[slice] = []
     for dim, ((begin, end), kernel, stride) in enumerate(zip(plan.pads, plan.kernel, plan.stride, strict=True)):
         both = max(begin, end)
         if both > kernel // 2 or (both - begin) % stride:
@@ -185,12 +192,12 @@ def sum_windows(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
     if plan.undilated:
         # torch's average pooling with a divisor of 1 sums; its padding is zeros.
         pool = F.avg_pool2d if rank == 1 else getattr(F, f"avg_pool{rank}d")
-        native = torch_window_slices(plan)
+        native = torch_window_slices(plan) if plan.input_holds_window or rank < 3 else None
         if native is not None:
             padding, window = native
             source, kernel, stride = x, list(plan.kernel), list(plan.stride)
         else:
-            padding, window = [0] * rank, (Ellipsis,)
+            padding, window = [0] * rank, (...,)
             source, kernel, stride = pad_for_windows(x, plan, 0), list(plan.kernel), list(plan.stride)
         if rank == 1:  # avg_pool1d has no divisor_override: a 2-D pool of height 1 is the same
             sums = pool(source.unsqueeze(-2), [1, *kernel], [1, *stride], [0, *padding], True, True, 1).squeeze(-2)

@@ -74,58 +74,110 @@ def main() -> None:
     print(f"{'beyond-torch path vs native torch on equal work':<58} {'service':>12} {'torch':>12} {'ratio':>8}")
     ratios = []
     with torch.inference_mode():
-        ratios.append(compare(
-            "max2d k3 s2, pads [[1,0],[1,0]] vs padding 1",
-            service("max2d", x, kernel_size=3, stride=2, padding=[[1, 0], [1, 0]]),
-            lambda: F.max_pool2d(x, 3, 2, 1), r))
-        ratios.append(compare(
-            "  the same with return_indices",
-            service("max2d", x, kernel_size=3, stride=2, padding=[[1, 0], [1, 0]], return_indices=True),
-            lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True), r))
-        ratios.append(compare(
-            "max2d k2 s1 'same' (pads 0,1) vs padding 0",
-            service("max2d", x, kernel_size=2, stride=1, padding="same"),
-            lambda: F.max_pool2d(x, 2, 1), r))
-        ratios.append(compare(
-            "avg2d k2 s1 'same' (pads 0,1) vs k2 s1",
-            service("avg2d", x, kernel_size=2, stride=1, padding="same"),
-            lambda: F.avg_pool2d(x, 2, 1), r))
-        ratios.append(compare(
-            "avg2d k3 s2 pads [[1,0],[1,0]] vs padding 1",
-            service("avg2d", x, kernel_size=3, stride=2, padding=[[1, 0], [1, 0]]),
-            lambda: F.avg_pool2d(x, 3, 2, 1), r))
-        ratios.append(compare(
-            "avg2d k3 s1 dilation 2 vs k3 s1",
-            service("avg2d", x, kernel_size=3, stride=1, dilation=2),
-            lambda: F.avg_pool2d(x, 3, 1), r))
-        ratios.append(compare(
-            "lp2d p=2 k2 s2 pads [[0,1],[0,1]] vs lp_pool2d k2 s2",
-            service("lp2d", x, norm_type=2, kernel_size=2, stride=2, padding=[[0, 1], [0, 1]]),
-            lambda: F.lp_pool2d(x, 2, 2, 2), r))
-        ratios.append(compare(
-            "lp2d p=3 k3 s2 absolute vs lp_pool2d k3 s2",
-            service("lp2d", x, norm_type=3, kernel_size=3, stride=2, absolute=True),
-            lambda: F.lp_pool2d(x, 3, 3, 2), r))
-        ratios.append(compare(
-            "adaptive-max2d int64 56->7 vs float64 adaptive_max_pool2d",
-            service("adaptive-max2d", xi, output_size=7, return_indices=True),
-            lambda: F.adaptive_max_pool2d(xf, 7, return_indices=True), r))
-        ratios.append(compare(
-            "adaptive-max2d int64 56->5 (uneven windows) vs float64",
-            service("adaptive-max2d", xi, output_size=5, return_indices=True),
-            lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True), r))
-        ratios.append(compare(
-            "  the same with int64 values beyond 2**53",
-            service("adaptive-max2d", xbig, output_size=5, return_indices=True),
-            lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True), r))
-        ratios.append(compare(
-            "max2d k2 channels_last vs channels_first",
-            service("max2d", x.permute(0, 2, 3, 1).contiguous(), channels_last=True, kernel_size=2),
-            lambda: F.max_pool2d(x, 2), r))
-        ratios.append(compare(
-            "max2d k2 indices_layout global vs plane",
-            service("max2d", x, kernel_size=2, return_indices=True, indices_layout="global"),
-            lambda: F.max_pool2d(x, 2, return_indices=True), r))
+        ratios.append(
+            compare(
+                "max2d k3 s2, pads [[1,0],[1,0]] vs padding 1",
+                service("max2d", x, kernel_size=3, stride=2, padding=[[1, 0], [1, 0]]),
+                lambda: F.max_pool2d(x, 3, 2, 1),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "  the same with return_indices",
+                service("max2d", x, kernel_size=3, stride=2, padding=[[1, 0], [1, 0]], return_indices=True),
+                lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "max2d k2 s1 'same' (pads 0,1) vs padding 0",
+                service("max2d", x, kernel_size=2, stride=1, padding="same"),
+                lambda: F.max_pool2d(x, 2, 1),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "avg2d k2 s1 'same' (pads 0,1) vs k2 s1",
+                service("avg2d", x, kernel_size=2, stride=1, padding="same"),
+                lambda: F.avg_pool2d(x, 2, 1),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "avg2d k3 s2 pads [[1,0],[1,0]] vs padding 1",
+                service("avg2d", x, kernel_size=3, stride=2, padding=[[1, 0], [1, 0]]),
+                lambda: F.avg_pool2d(x, 3, 2, 1),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "avg2d k3 s1 dilation 2 vs k3 s1",
+                service("avg2d", x, kernel_size=3, stride=1, dilation=2),
+                lambda: F.avg_pool2d(x, 3, 1),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "lp2d p=2 k2 s2 pads [[0,1],[0,1]] vs lp_pool2d k2 s2",
+                service("lp2d", x, norm_type=2, kernel_size=2, stride=2, padding=[[0, 1], [0, 1]]),
+                lambda: F.lp_pool2d(x, 2, 2, 2),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "lp2d p=3 k3 s2 absolute vs lp_pool2d k3 s2",
+                service("lp2d", x, norm_type=3, kernel_size=3, stride=2, absolute=True),
+                lambda: F.lp_pool2d(x, 3, 3, 2),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "adaptive-max2d int64 56->7 vs float64 adaptive_max_pool2d",
+                service("adaptive-max2d", xi, output_size=7, return_indices=True),
+                lambda: F.adaptive_max_pool2d(xf, 7, return_indices=True),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "adaptive-max2d int64 56->5 (uneven windows) vs float64",
+                service("adaptive-max2d", xi, output_size=5, return_indices=True),
+                lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "  the same with int64 values beyond 2**53",
+                service("adaptive-max2d", xbig, output_size=5, return_indices=True),
+                lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "max2d k2 channels_last vs channels_first",
+                service("max2d", x.permute(0, 2, 3, 1).contiguous(), channels_last=True, kernel_size=2),
+                lambda: F.max_pool2d(x, 2),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "max2d k2 indices_layout global vs plane",
+                service("max2d", x, kernel_size=2, return_indices=True, indices_layout="global"),
+                lambda: F.max_pool2d(x, 2, return_indices=True),
+                r,
+            )
+        )
     print(f"worst ratio {max(ratios):.2f}x (target: at most 2x)")
 
 

@@ -272,3 +272,26 @@ def test_keras_global_average_pooling_defaults_to_no_kept_dims(client):
     assert body["shape"] == [2, 3]
     np.testing.assert_allclose(np.array(body["output"]), x.mean(axis=(1, 2)), rtol=1e-5)
     assert math.isfinite(body["output"][0][0])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int32"])
+def test_integer_max_with_onnx_pads_matches_onnx_reference(client, dtype):
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(5)
+    x = rng.integers(info.min, info.max, size=(2, 3, 6, 7), endpoint=True).astype(dtype)
+    x[0, 0] = info.min  # a whole plane at the dtype's lowest value: padding must still not win
+    pads = [[2, 0], [1, 2]]  # beyond half the kernel, so not torch's own padding
+    body = pool(
+        client,
+        "max2d",
+        {"input": x.tolist(), "dtype": dtype, "kernel_size": 3, "stride": 2, "padding": pads, "return_indices": True},
+    )
+    want, want_indices = max_pool(  # float64 holds every value of these dtypes exactly
+        x.astype(np.float64), kernel_shape=[3, 3], strides=[2, 2], pads=onnx_pads(pads), dilations=[1, 1], ceil_mode=0
+    )
+    np.testing.assert_array_equal(np.array(body["output"], dtype=dtype), want.astype(dtype))
+    plane_indices = np.array(body["indices"])
+    np.testing.assert_array_equal(plane_indices[0, 1:], (want_indices % 42)[0, 1:])
+    np.testing.assert_array_equal(plane_indices[1], want_indices[1] % 42)
+    # Where every input cell of a window holds the lowest value, the first input cell is reported.
+    assert (x[0, 0].ravel()[plane_indices[0, 0]] == info.min).all()

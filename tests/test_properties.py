@@ -50,7 +50,7 @@ def _torch(family, rank, x, params):
     return FUNCTIONS[family](rank)(torch.from_numpy(x), **p)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sliding_requests())
 def test_agrees_with_torch_on_accept_refuse_and_values(client, request_case):
     family, rank, shape, params, seed = request_case
