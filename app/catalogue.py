@@ -17,7 +17,7 @@ from app import examples, kernels
 from app.codecs import DTYPES, FLOAT_DTYPES
 from app.params import PoolParams, build_params_model
 
-PlanFn = Callable[[Any, tuple[int, ...]], kernels.Plan]
+PlanFn = Callable[[Any, tuple[int, ...], int], kernels.Plan]
 ComputeFn = Callable[[torch.Tensor, Any, kernels.Plan, dict[str, torch.Tensor]], kernels.Result]
 
 SLIDING = ("kernel_size", "stride")

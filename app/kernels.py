@@ -2,10 +2,11 @@
 
 Each family has two functions:
 
-- `*_plan(params, shape)`: the output shape (and the effective padding) for
-  an input shape, or an `InvalidParameters` that says, in this service's
-  words, why the parameters cannot pool this tensor. It runs before any
-  computation, so the output's size is checked against the limits first.
+- `*_plan(params, shape, max_elements)`: the output shape (and the effective
+  padding) for an input shape, or an `InvalidParameters` that says, in this
+  service's words, why the parameters cannot pool this tensor. It runs before
+  any computation, and refuses outputs past the element limit (`TooLarge`)
+  before any work proportional to them.
 - `*_compute(x, params, plan, extra)`: the result `(output, indices or None)`,
   indices as flat positions within each spatial plane.
 
@@ -63,16 +64,15 @@ def _with_sizes(shape: Shape, sizes: list[int] | tuple[int, ...]) -> Shape:
 # ---------------------------------------------------------------- sliding windows: max, avg, lp
 
 
-def sliding_plan(params: Any, shape: Shape) -> Plan:
-    rank = len(params.kernel_size)
-    plan = windows.plan_windows(params, shape[-rank:])
+def sliding_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
+    plan = windows.plan_windows(params, shape, max_elements)
     return Plan(_with_sizes(shape, plan.out), [list(pad) for pad in plan.pads], plan)
 
 
-def averaging_plan(params: Any, shape: Shape) -> Plan:
+def averaging_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
     """Average and Lp pooling: as max, but where torch's own 3-D average pooling
     refuses an input smaller than the window, so does the torch form of padding."""
-    plan = sliding_plan(params, shape)
+    plan = sliding_plan(params, shape, max_elements)
     w = plan.windows
     assert w is not None
     if len(w.kernel) == 3 and w.torch_form and not w.input_holds_window:
@@ -149,7 +149,7 @@ def lp_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tenso
 # ---------------------------------------------------------------- adaptive and global
 
 
-def adaptive_plan(params: Any, shape: Shape) -> Plan:
+def adaptive_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
     rank = len(params.output_size)
     sizes = tuple(s if s is not None else inp for s, inp in zip(params.output_size, shape[-rank:], strict=True))
     return Plan(_with_sizes(shape, sizes), sizes=sizes)
@@ -230,8 +230,8 @@ def adaptive_max_exact(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.T
     return values, flat
 
 
-def global_plan(rank: int) -> Callable[[Any, Shape], Plan]:
-    def plan(params: Any, shape: Shape) -> Plan:
+def global_plan(rank: int) -> Callable[[Any, Shape, int], Plan]:
+    def plan(params: Any, shape: Shape, max_elements: int) -> Plan:
         return Plan(_with_sizes(shape, [1] * rank), sizes=(1,) * rank)
 
     return plan
@@ -261,7 +261,7 @@ def global_avg_compute(rank: int) -> Callable[[torch.Tensor, Any, Plan, dict[str
 # ---------------------------------------------------------------- fractional
 
 
-def fractional_plan(params: Any, shape: Shape) -> Plan:
+def fractional_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
     rank = len(params.kernel_size)
     spatial = shape[-rank:]
     if (params.output_size is None) == (params.output_ratio is None):
@@ -304,7 +304,7 @@ def fractional_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, tor
 # ---------------------------------------------------------------- unpooling
 
 
-def unpool_plan(params: Any, shape: Shape) -> Plan:
+def unpool_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
     rank = len(params.kernel_size)
     stride = params.stride or params.kernel_size
     spatial = shape[-rank:]

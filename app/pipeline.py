@@ -276,7 +276,7 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
 
 
 def plan_output(spec: OpSpec, params: Any, canonical: tuple[int, ...], limits: Limits) -> Plan:
-    plan = spec.plan(params, canonical)
+    plan = spec.plan(params, canonical, limits.max_elements)
     size = math.prod(plan.out_shape)
     if size > limits.max_elements:
         raise TooLarge(f"the output would have {size} elements; the limit is {limits.max_elements}")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.errors import InvalidParameters
+from app.errors import InvalidParameters, TooLarge
 
 Pads = tuple[tuple[int, int], ...]
 SAME_FORMS = ("same", "same_lower")
@@ -111,16 +111,32 @@ def resolve_pads(
     return tuple((p, p) for p in padding), True
 
 
-def _windows_touch_input(size: int, kernel: int, stride: int, begin: int, dilation: int, count: int) -> bool:
-    """Whether every window has at least one cell inside the input (vectorised over windows)."""
-    starts = torch.arange(count, dtype=torch.int64) * stride - begin
-    first = torch.clamp(-(starts.div(dilation, rounding_mode="floor")), min=0)  # first j with start + j*d >= 0
-    last = torch.clamp((size - 1 - starts).div(dilation, rounding_mode="floor"), max=kernel - 1)
-    return bool((first <= last).all())
+def cells_between(starts: torch.Tensor, kernel: int, dilation: int, low: int, high: int) -> torch.Tensor:
+    """For windows starting at `starts`, how many of their cells start + j * dilation
+    (0 <= j < kernel) lie in [low, high): arithmetic, not a walk over the cells."""
+    first = (low - starts + dilation - 1).div(dilation, rounding_mode="floor").clamp(min=0)
+    last = (high - 1 - starts).div(dilation, rounding_mode="floor").clamp(max=kernel - 1)
+    return (last - first + 1).clamp(min=0)
 
 
-def plan_windows(params: Any, spatial: tuple[int, ...]) -> WindowPlan:
+def _every_window_touches_input(size: int, kernel: int, stride: int, begin: int, dilation: int, count: int) -> bool:
+    """Whether every window has a cell inside the input. A window starting inside the
+    input has one (its first cell), so only those starting in the begin padding and
+    the last one need a look."""
+    if (count - 1) * stride - begin > size - 1:
+        return False
+    in_padding = min(count, -(-begin // stride))
+    if in_padding == 0:
+        return True
+    starts = torch.arange(in_padding, dtype=torch.int64) * stride - begin
+    return bool((cells_between(starts, kernel, dilation, 0, size) > 0).all())
+
+
+def plan_windows(params: Any, shape: tuple[int, ...], max_elements: int) -> WindowPlan:
+    """The windows for an input of canonical `shape` (N, C, *spatial); an output or a
+    padded copy of the input past the element limit is refused before any other work."""
     rank = len(params.kernel_size)
+    spatial = shape[-rank:]
     kernel = params.kernel_size
     stride = params.stride or kernel
     dilation = getattr(params, "dilation", None) or [1] * rank
@@ -131,16 +147,28 @@ def plan_windows(params: Any, spatial: tuple[int, ...]) -> WindowPlan:
     out = []
     for dim, size in enumerate(spatial):
         count = window_count(size, kernel[dim], stride[dim], pads[dim], dilation[dim], params.ceil_mode)
-        reach = dilation[dim] * (kernel[dim] - 1) + 1
         if count < 1:
+            reach = dilation[dim] * (kernel[dim] - 1) + 1
             raise _fail(
                 "kernel_size",
                 f"the output would be empty: spatial dimension {dim} has size {size} "
                 f"(+{sum(pads[dim])} padding) but the window spans {reach}",
             )
-        if not _windows_touch_input(size, kernel[dim], stride[dim], pads[dim][0], dilation[dim], count):
-            raise _fail("padding", f"a window in spatial dimension {dim} lies wholly in the padding")
         out.append(count)
+    lead = math.prod(shape[:-rank])
+    if lead * math.prod(out) > max_elements:
+        raise TooLarge(f"the output would have {lead * math.prod(out)} elements; the limit is {max_elements}")
+    extents = [
+        max(size + b + e, (n - 1) * s + d * (k - 1) + 1)
+        for size, (b, e), n, s, d, k in zip(spatial, pads, out, stride, dilation, kernel, strict=True)
+    ]
+    if lead * math.prod(extents) > 2 * max_elements:
+        raise TooLarge(
+            f"the padded input would span {lead * math.prod(extents)} elements; the limit is {2 * max_elements}"
+        )
+    for dim, size in enumerate(spatial):
+        if not _every_window_touches_input(size, kernel[dim], stride[dim], pads[dim][0], dilation[dim], out[dim]):
+            raise _fail("padding", f"a window in spatial dimension {dim} lies wholly in the padding")
     return WindowPlan(
         tuple(kernel), tuple(stride), tuple(dilation), pads, tuple(out), tuple(spatial), params.ceil_mode, torch_form
     )
@@ -223,14 +251,12 @@ def sum_windows(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
 def cell_counts(plan: WindowPlan, include_pad: bool, like: torch.Tensor) -> torch.Tensor:
     """How many cells of each window lie in the input (or, with `include_pad`, in the
     input and its padding, never in the ceil_mode overhang); shaped to broadcast."""
-    rank = len(plan.kernel)
     counts = torch.ones((), dtype=torch.float64)
-    for dim in range(rank):
+    for dim in range(len(plan.kernel)):
         begin, end = plan.pads[dim]
         low, high = (0, plan.spatial[dim] + begin + end) if include_pad else (begin, begin + plan.spatial[dim])
         starts = torch.arange(plan.out[dim], dtype=torch.int64) * plan.stride[dim]
-        cells = starts[:, None] + torch.arange(plan.kernel[dim], dtype=torch.int64)[None, :] * plan.dilation[dim]
-        per_dim = ((cells >= low) & (cells < high)).sum(dim=1).to(torch.float64)
+        per_dim = cells_between(starts, plan.kernel[dim], plan.dilation[dim], low, high).to(torch.float64)
         counts = counts.unsqueeze(-1) * per_dim
     return counts.to(device=like.device, dtype=like.dtype)
 

@@ -319,3 +319,20 @@ def test_server_still_answers_after_errors(client):
     response = post_json(client, "max2d", {"input": GRID, "kernel_size": 2, "return_indices": True})
     assert response.status_code == 200
     assert response.json()["output"] == [[[[6.0, 8.0], [3.0, 4.0]]]]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"kernel_size": 2, "stride": 1, "dilation": 10**12, "padding": [[10**12, 0]]},
+        {"kernel_size": 10**9, "stride": 1, "padding": [[10**9, 10**9]]},
+        {"kernel_size": 2, "stride": 1, "padding": [[0, 10**15]]},
+        {"kernel_size": 3, "stride": 10**12, "dilation": 10**11, "padding": [[2 * 10**11, 2 * 10**11]]},
+    ],
+)
+def test_huge_windows_and_padding_are_refused_before_any_allocation(client, params):
+    """A tiny input with enormous padding or dilation must not make the server pad or walk it."""
+    response = post_json(client, "avg1d", {"input": [[[1.0, 2.0, 3.0, 4.0, 5.0]]], **params})
+    assert_problem(response, 413 if response.status_code == 413 else 422)
+    response = post_json(client, "max1d", {"input": [[[1.0, 2.0, 3.0, 4.0, 5.0]]], **params})
+    assert response.status_code in (413, 422)
