@@ -58,8 +58,13 @@ class Executor:
         self.device = resolve_device(settings.device)
         torch.set_num_threads(settings.torch_threads)
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="pool")
+        self._inline_max_elements = settings.inline_max_elements
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, elements: int) -> T:
+        """`fn(*args)` in inference mode: in the bounded pool, or, for work over at
+        most `inline_max_elements` elements (microseconds), right here."""
+        if elements <= self._inline_max_elements:
+            return self._inference(fn, *args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
 
@@ -70,7 +75,10 @@ class Executor:
 
     def to_device(self, array: np.ndarray, dtype: str) -> torch.Tensor:
         tensor = torch.from_numpy(array)
-        return tensor.to(device=self.device, dtype=TORCH_DTYPE[dtype])
+        target = TORCH_DTYPE[dtype]
+        if tensor.dtype == target and self.device.type == "cpu":
+            return tensor  # already there: skip even the no-op call
+        return tensor.to(device=self.device, dtype=target)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -80,7 +88,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A result back on the host; bfloat16, which numpy lacks, as float32 (exact)."""
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.to(torch.float32)
-    return tensor.cpu().numpy()
+    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
 def with_half_fallback(compute: Callable[..., Any], x: torch.Tensor, *args: Any) -> Any:

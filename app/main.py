@@ -18,7 +18,7 @@ from app import __version__
 from app.codecs import Limits
 from app.errors import install_error_handlers
 from app.execution import Executor
-from app.pipeline import Runtime
+from app.pipeline import PlanCache, Runtime
 from app.routes import install_routes
 from app.settings import Settings
 
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         executor=executor,
         limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
         max_body_bytes=settings.max_body_bytes,
+        plans=PlanCache(settings.plan_cache_size),
     )
 
     @asynccontextmanager

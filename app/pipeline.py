@@ -40,23 +40,39 @@ class Runtime:
     executor: Executor
     limits: Limits
     max_body_bytes: int
+    plans: PlanCache
 
 
 async def read_body(request: Request, limit: int) -> bytearray:
-    """The body, refused as soon as it is known to exceed `limit` bytes."""
+    """The body, refused as soon as it is known to exceed `limit` bytes; read into one
+    buffer of the declared size where there is one, so nothing is copied twice."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise UndecodableBody("Content-Length is not a number") from None
-        if size > limit:
-            raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
-    body = bytearray()
+    if declared is None:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+        return body
+    try:
+        size = int(declared)
+    except ValueError:
+        raise UndecodableBody("Content-Length is not a number") from None
+    if size > limit:
+        raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
+    body = bytearray(size)
+    view, filled = memoryview(body), 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+        if filled == 0 and len(chunk) == size:
+            body[:] = chunk  # the whole body in one message: one copy, no slicing
+            filled = size
+            continue
+        if filled + len(chunk) > size:
+            raise UndecodableBody("the body is longer than its Content-Length")
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    if filled != size:
+        raise UndecodableBody("the body is shorter than its Content-Length")
     return body
 
 
@@ -105,12 +121,31 @@ def _request_dtype(fields: dict[str, Any]) -> tuple[str, bool]:
     return dtype, True
 
 
+def _holds_numbers(value: Any) -> bool:
+    """A nested or flat JSON tensor, whose numbers orjson has parsed into lists."""
+    return isinstance(value, list) or (isinstance(value, dict) and "npy_base64" not in value)
+
+
+def _occurs_more_than(raw: bytearray, byte: bytes, times: int) -> bool:
+    """Whether `byte` occurs more than `times` times; each look is a memchr, and it
+    stops at times + 1, so a body of numbers costs one pass."""
+    position = -1
+    for _ in range(times + 1):
+        position = raw.find(byte, position + 1)
+        if position < 0:
+            return False
+    return True
+
+
 def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, ...]) -> bool:
-    """Whether `true`/`false` may stand inside a tensor: more of them in the body
-    than the parameters account for. Cheap (a byte count), and never wrong in the
-    unsafe direction: a false alarm only costs a slower, exact check."""
-    expected = sum(1 for key, value in fields.items() if key not in tensors and isinstance(value, bool))
-    return raw.count(b"true") + raw.count(b"false") > expected
+    """Whether `true` or `false` may stand inside a tensor, where numpy would read
+    them as 1 and 0: the body holds more t or f letters than the rest of the
+    document spells (numbers never do). Without escapes the letters of the body and
+    of that document re-encoded agree exactly; with any, the exact check runs."""
+    if raw.find(b"\\") >= 0:
+        return True
+    skeleton = orjson.dumps({key: 0 if key in tensors else value for key, value in fields.items()})
+    return any(_occurs_more_than(raw, letter, skeleton.count(letter)) for letter in (b"t", b"f"))
 
 
 def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -118,7 +153,8 @@ def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[d
     fields = parse_json_body(raw)
     names = ("input", *spec.family.extra_tensors)
     dtype, dtype_given = _request_dtype(fields)
-    maybe_bools = _loose_booleans(raw, fields, names)
+    nested = any(_holds_numbers(fields.get(name)) for name in names)
+    maybe_bools = nested and _loose_booleans(raw, fields, names)
     tensors = {}
     for name in names:
         if fields.get(name) is None:
@@ -190,7 +226,7 @@ def check_input(
             f"or {rank + 1} without the batch; got {len(shape)}",
             "rank",
         )
-    layout = Layout(rank, len(shape) == rank + 2, channels_last, getattr(params, "keepdims", True))
+    layout = Layout(rank, len(shape) == rank + 2, channels_last, params.__dict__.get("keepdims", True))
     if 0 in layout.canonical_shape(shape)[1:]:
         raise InvalidParameters.at(where, f"shape {list(shape)} has a zero-sized channel or spatial dimension", "empty")
     if dtype not in spec.family.dtypes:
@@ -248,19 +284,29 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
     else:
         fields, tensors = decode_binary_request(raw, kind, request.query_params, spec, runtime.limits)
         prefix = "query"
-    params = validate_params(spec, fields, prefix)
-    if params.dry_run:
-        return dry_run(spec, params, tensors, runtime, prefix)
-    for name in ("input", *spec.family.extra_tensors):
-        if name not in tensors:
-            raise InvalidParameters.at((prefix, name), f"{name} is required (or dry_run with input_shape)", "missing")
-    if params.input_shape is not None:
-        raise InvalidParameters.at((prefix, "input_shape"), "input_shape goes with dry_run: true", "dry_run")
-
-    x = tensors["input"]
-    extra_shapes = {name: tensors[name].array.shape for name in spec.family.extra_tensors}
-    layout = check_input(spec, params, x.array.shape, x.dtype, extra_shapes, prefix)
-    plan = plan_output(spec, params, layout.canonical_shape(x.array.shape), runtime.limits)
+    x = tensors.get("input")
+    key = _plan_key(spec, prefix, fields, tensors)
+    prepared = runtime.plans.get(key) if key is not None else None
+    if prepared is None:
+        params = validate_params(spec, fields, prefix)
+        if params.dry_run:
+            return dry_run(spec, params, tensors, runtime, prefix)
+        for name in ("input", *spec.family.extra_tensors):
+            if name not in tensors:
+                raise InvalidParameters.at(
+                    (prefix, name), f"{name} is required (or dry_run with input_shape)", "missing"
+                )
+        if params.input_shape is not None:
+            raise InvalidParameters.at((prefix, "input_shape"), "input_shape goes with dry_run: true", "dry_run")
+        assert x is not None
+        extra_shapes = {name: tensors[name].array.shape for name in spec.family.extra_tensors}
+        layout = check_input(spec, params, x.array.shape, x.dtype, extra_shapes, prefix)
+        plan = plan_output(spec, params, layout.canonical_shape(x.array.shape), runtime.limits)
+        prepared = Prepared(params, layout, plan)
+        if key is not None:
+            runtime.plans.put(key, prepared)
+    assert x is not None
+    params, layout, plan = prepared.params, prepared.layout, prepared.plan
     encoding = params.output_encoding or ("npy_base64" if kind != "json" else x.encoding)
     if x.dtype == "bfloat16" and (answer != JSON or encoding == "npy_base64"):
         raise InvalidParameters.at(
@@ -269,10 +315,56 @@ async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Res
             "bfloat16_npy",
         )
     if "random_seed" in type(params).model_fields and params.random_seed is None:
-        params.random_seed = secrets.randbits(63)
+        params = params.model_copy(update={"random_seed": secrets.randbits(63)})
 
-    out, indices = await runtime.executor.run(compute, runtime.executor, spec, params, plan, layout, tensors)
+    elements = sum(t.array.size for t in tensors.values()) + math.prod(plan.out_shape)
+    out, indices = await runtime.executor.run(
+        compute, runtime.executor, spec, params, plan, layout, tensors, elements=elements
+    )
     return encode_response(spec, params, x.dtype, out, indices, answer, encoding, runtime.executor.device)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a request's parameters and tensor shapes determine, before any data is read."""
+
+    params: Any
+    layout: Layout
+    plan: Plan
+
+
+class PlanCache:
+    """Validated parameters, layout and plan by (op, shapes, dtype, parameters): the same
+    request shape comes again and again, and none of this depends on the data. A
+    bounded dict, oldest entry out first; touched only from the event loop."""
+
+    def __init__(self, size: int) -> None:
+        self._entries: dict[tuple[Any, ...], Prepared] = {}
+        self._size = size
+
+    def get(self, key: tuple[Any, ...]) -> Prepared | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[Any, ...], prepared: Prepared) -> None:
+        if self._size <= 0:
+            return
+        if len(self._entries) >= self._size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = prepared
+
+
+_MAX_KEY_BYTES = 1024  # larger parameter sets are planned afresh, not kept
+
+
+def _plan_key(spec: OpSpec, prefix: str, fields: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[Any, ...] | None:
+    if "input" not in tensors:
+        return None
+    names = ("input", *spec.family.extra_tensors)
+    parameters = orjson.dumps({key: value for key, value in fields.items() if key not in names})
+    if len(parameters) > _MAX_KEY_BYTES:
+        return None
+    shapes = tuple(tensors[name].array.shape for name in names if name in tensors)
+    return (spec.name, prefix, shapes, tensors["input"].dtype, parameters)
 
 
 def plan_output(spec: OpSpec, params: Any, canonical: tuple[int, ...], limits: Limits) -> Plan:
@@ -315,7 +407,7 @@ def encode_response(
     encoding: str,
     device: torch.device,
 ) -> Response:
-    seed = getattr(params, "random_seed", None)
+    seed = params.__dict__.get("random_seed")
     headers = {"X-Random-Seed": str(seed)} if seed is not None else None
     if answer == NPY:
         return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     max_elements: int = Field(16_777_216, ge=1, description="Largest element count of any input or output tensor.")
     max_ndim: int = Field(6, ge=1, le=32, description="Most dimensions a tensor may have.")
     max_concurrency: int = Field(2, ge=1, description="Computations that run at once.")
+    inline_max_elements: int = Field(
+        32_768,
+        ge=0,
+        description="Computations over at most this many input and output elements run on the event loop: "
+        "a thread hop would cost more than they do.",
+    )
+    plan_cache_size: int = Field(
+        1024, ge=0, description="Validated parameter sets and their plans kept for requests of the same shape."
+    )
     torch_threads: int = Field(
         default_factory=available_cores,
         ge=1,

@@ -139,8 +139,8 @@ def plan_windows(params: Any, shape: tuple[int, ...], max_elements: int) -> Wind
     spatial = shape[-rank:]
     kernel = params.kernel_size
     stride = params.stride or kernel
-    dilation = getattr(params, "dilation", None) or [1] * rank
-    padding = getattr(params, "padding", None)
+    dilation = params.__dict__.get("dilation") or [1] * rank  # fields a family lacks are absent
+    padding = params.__dict__.get("padding")
     if padding is None:
         padding = [0] * rank
     pads, torch_form = resolve_pads(padding, kernel, stride, dilation, spatial)

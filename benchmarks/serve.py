@@ -1,0 +1,224 @@
+"""The service against its floors, workloads W1-W4, side by side in one run.
+
+Starts the service and a bare FastAPI baseline itself (uvicorn, uvloop,
+httptools, one worker, no access log, both alike) on loopback ports, then:
+
+- W1 tiny: max2d k=2 on 1x1x4x4 float32, nested JSON, return_indices; wrk
+  with 32 connections against the service and against the baseline.
+- W2 medium JSON: max2d k=2 on 1x16x128x128 float32 as nested JSON, one
+  client, against orjson decode + max_pool2d + encode in process.
+- W3 large: max2d k=2 s=2 on 8x64x112x112 float32 (25.7 MB) as a raw .npy
+  body (npz back) against np.load + max_pool2d + np.savez in process, and as
+  npy_base64 in JSON against the same with pybase64; the server's peak
+  memory growth while serving W3.
+- W4 classifier head: global-avg2d on 32x512x7x7 float32 as npy_base64,
+  against its in-process floor.
+
+    python benchmarks/serve.py [--threads N] [--repeat 15] [--seconds 10]
+
+wrk comes from Debian's package (`apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pybase64
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server(app: str, threads: int) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a uvicorn process serving `app`."""
+    port = free_port()
+    env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def post(connection: http.client.HTTPConnection, path: str, body: bytes, content_type: str, accept: str) -> bytes:
+    connection.request("POST", path, body=body, headers={"Content-Type": content_type, "Accept": accept})
+    response = connection.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{path}: {response.status} {data[:300]!r}")
+    return data
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median milliseconds over `repeat` runs, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def memory_kib(pid: int, field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def wrk(port: int, body: bytes, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {orjson.dumps(body.decode()).decode()}\n"
+        )
+    command = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", script.name]
+    output = subprocess.run([*command, f"http://127.0.0.1:{port}/pool/max2d"], capture_output=True, text=True).stdout
+    os.unlink(script.name)
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", output, re.MULTILINE)
+        assert match, output
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+        return float(match.group(1)) * scale
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    assert rps and not errors, output
+    return {"rps": float(rps.group(1)), "p50": latency("50"), "p99": latency("99")}
+
+
+def line(name: str, ours: float, floor: float, unit: str, target: str) -> None:
+    print(f"{name:<44} {ours:10.2f} {unit:<5} {floor:10.2f} {unit:<5} {ours / floor:6.2f}x  (target {target})")
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__} on {args.threads} threads, {os.cpu_count()} cores")
+    print(f"{'workload':<44} {'service':>16} {'floor':>16} {'ratio':>7}")
+
+    tiny = orjson.dumps({"input": rng.standard_normal((1, 1, 4, 4)).astype(np.float32).tolist(), "kernel_size": 2, "return_indices": True})
+    medium_x = rng.standard_normal((1, 16, 128, 128)).astype(np.float32)
+    medium = orjson.dumps({"input": medium_x.tolist(), "kernel_size": 2})
+    large_x = rng.standard_normal((8, 64, 112, 112)).astype(np.float32)
+    large_npy = npy(large_x)
+    large_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(large_npy).decode()}, "kernel_size": 2, "stride": 2})
+    head_x = rng.standard_normal((32, 512, 7, 7)).astype(np.float32)
+    head_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(npy(head_x)).decode()}})
+
+    if shutil.which("wrk"):
+        with server("benchmarks.baseline_app:app", args.threads) as (port, _):
+            wrk(port, tiny, 2)
+            base = wrk(port, tiny, args.seconds)
+        with server("app.main:app", args.threads) as (port, _):
+            wrk(port, tiny, 2)
+            ours = wrk(port, tiny, args.seconds)
+        print(
+            f"{'W1 tiny max2d, 32 clients: requests/s':<44} {ours['rps']:10.0f} {'':<5} {base['rps']:10.0f} "
+            f"{'':<5} {ours['rps'] / base['rps']:6.2f}x  (target >= 0.9x)"
+        )
+        print(f"{'   p50 / p99 latency (ms)':<44} {ours['p50']:5.2f} / {ours['p99']:<6.2f}    {base['p50']:5.2f} / {base['p99']:<6.2f}")
+    else:
+        print("W1 skipped: wrk is not installed (apt-get install wrk)")
+
+    def floor_w2() -> bytes:
+        document = orjson.loads(medium)
+        x = torch.from_numpy(np.array(document["input"], dtype=np.float32))
+        out = F.max_pool2d(x, 2).numpy()
+        return orjson.dumps({"output": out}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def floor_w3_raw() -> bytes:
+        x = torch.from_numpy(np.load(io.BytesIO(large_npy)))
+        out = io.BytesIO()
+        np.savez(out, output=F.max_pool2d(x, 2, 2).numpy())
+        return out.getvalue()
+
+    def floor_base64(body: bytes, pool: Callable[[torch.Tensor], torch.Tensor]) -> bytes:
+        document = orjson.loads(body)
+        raw = pybase64.b64decode(document["input"]["npy_base64"])
+        x = torch.from_numpy(np.load(io.BytesIO(raw)))
+        answer = pybase64.b64encode(npy(pool(x).numpy())).decode()
+        return orjson.dumps({"output": {"npy_base64": answer}})
+
+    with torch.inference_mode():
+        floors = {
+            "w2": timed(floor_w2, args.repeat),
+            "w3": timed(floor_w3_raw, args.repeat),
+            "w3b64": timed(lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2)), args.repeat),
+            "w4": timed(lambda: floor_base64(head_b64, lambda x: F.adaptive_avg_pool2d(x, 1)), args.repeat),
+        }
+
+    with server("app.main:app", args.threads) as (port, pid):
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
+        w2 = timed(lambda: post(connection, "/pool/max2d", medium, json_type, json_type), args.repeat)
+        line("W2 medium JSON 1x16x128x128, one client", w2, floors["w2"], "ms", "<= 1.2x")
+        timed(lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), 1)
+        before = memory_kib(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
+        w3 = timed(lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), args.repeat)
+        peak = memory_kib(pid, "VmHWM")
+        line("W3 large .npy body -> .npz, one client", w3, floors["w3"], "ms", "<= 1.25x")
+        w3b = timed(lambda: post(connection, "/pool/max2d", large_b64, json_type, json_type), args.repeat)
+        line("W3 large npy_base64 in JSON", w3b, floors["w3b64"], "ms", "<= 1.3x")
+        growth = (peak - before) / 1024
+        tensor_mb = large_x.nbytes / 2**20
+        print(
+            f"{'W3 peak memory growth (.npy body)':<44} {growth:10.1f} {'MiB':<5} {tensor_mb:10.1f} {'MiB':<5} "
+            f"{growth / tensor_mb:6.2f}x  (target <= 3x the tensor)"
+        )
+        w4 = timed(lambda: post(connection, "/pool/global-avg2d", head_b64, json_type, json_type), args.repeat)
+        line("W4 global-avg2d 32x512x7x7 npy_base64", w4, floors["w4"], "ms", "<= 1.5x")
+        connection.close()
+
+
+if __name__ == "__main__":
+    main()
