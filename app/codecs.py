@@ -94,9 +94,13 @@ def decode_json_tensor(
     if "npy_base64" in value:
         _only_keys(value, {"npy_base64"}, loc)
         text = value["npy_base64"]
-        if not isinstance(text, str):
+        if isinstance(text, bytearray):
+            data = text  # decoded while the body was read; JSON itself yields no bytearray
+        elif isinstance(text, str):
+            data = decode_base64(text, loc)
+        else:
             raise InvalidParameters.at((*loc, "npy_base64"), "npy_base64 must be a string", "string_type")
-        array = decode_npy(decode_base64(text, loc), limits, loc)
+        array = decode_npy(data, limits, loc)
         name = dtype_of(array, loc, integer_only)
         if dtype_given and name != dtype and not integer_only:
             raise _dtype_conflict(loc, name, dtype)

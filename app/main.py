@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.asgi import PoolEndpoint
 from app.codecs import Limits
 from app.errors import install_error_handlers
 from app.execution import Executor
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_routes(app, settings)
+    app.add_middleware(PoolEndpoint)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+import pybase64
 import torch
 from pydantic import ValidationError
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from app import codecs
 from app.catalogue import OpSpec
@@ -43,37 +46,48 @@ class Runtime:
     plans: PlanCache
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
-    """The body, refused as soon as it is known to exceed `limit` bytes; read into one
-    buffer of the declared size where there is one, so nothing is copied twice."""
-    declared = request.headers.get("content-length")
-    if declared is None:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise TooLarge(f"the body exceeds the limit of {limit} bytes")
-        return body
-    try:
-        size = int(declared)
-    except ValueError:
-        raise UndecodableBody("Content-Length is not a number") from None
-    if size > limit:
-        raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
-    body = bytearray(size)
-    view, filled = memoryview(body), 0
-    async for chunk in request.stream():
-        if filled == 0 and len(chunk) == size:
-            body[:] = chunk  # the whole body in one message: one copy, no slicing
-            filled = size
-            continue
-        if filled + len(chunk) > size:
-            raise UndecodableBody("the body is longer than its Content-Length")
-        view[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    if filled != size:
-        raise UndecodableBody("the body is shorter than its Content-Length")
-    return body
+@dataclass(frozen=True)
+class Incoming:
+    """What the pipeline reads of a request: lower-case headers, the query (None when
+    empty) and the ASGI `receive` that yields the body."""
+
+    headers: dict[str, str]
+    query: QueryParams | None
+    receive: Receive
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived."""
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def read_body(incoming: Incoming, limit: int) -> bytearray:
+    """The body, refused as soon as it is known to exceed `limit` bytes (a declared
+    Content-Length before anything is read), joined once into a writable buffer."""
+    declared = incoming.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise UndecodableBody("Content-Length is not a number") from None
+        if size > limit:
+            raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
+    chunks, received = [], 0
+    async for chunk in _chunks(incoming.receive):
+        received += len(chunk)
+        if received > limit:
+            raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return bytearray().join(chunks)
 
 
 def parse_json_body(raw: bytearray) -> dict[str, Any]:
@@ -148,9 +162,42 @@ def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, 
     return any(_occurs_more_than(raw, letter, skeleton.count(letter)) for letter in (b"t", b"f"))
 
 
+_LARGE_BASE64 = 1 << 16
+_BASE64_KEY = re.compile(rb'"npy_base64"\s*:\s*"')
+_SLOT = "\x00"  # cannot stand unescaped in JSON, so no client sends it
+
+
+def _split_base64(raw: bytearray) -> tuple[dict[str, Any], bytearray] | None:
+    """A large `npy_base64` input decoded straight from the raw body, and the rest
+    parsed: orjson would otherwise build a Python string as large as the tensor only
+    for it to be decoded. Taken only where the cut provably is the input's value and
+    is plain base64 (no escapes, no whitespace); anything else gets the full parse."""
+    match = _BASE64_KEY.search(raw)
+    if match is None:
+        return None
+    start = match.end()
+    end = raw.find(b'"', start)
+    if end - start < _LARGE_BASE64 or raw.find(b"\\", start, end) >= 0:
+        return None
+    rest = bytes(raw[:start]) + b"\\u0000" + bytes(raw[end:])
+    try:
+        fields = orjson.loads(rest)
+        decoded = pybase64.b64decode_as_bytearray(memoryview(raw)[start:end], validate=True)
+    except (orjson.JSONDecodeError, ValueError):
+        return None
+    if not isinstance(fields, dict) or fields.get("input") != {"npy_base64": _SLOT}:
+        return None
+    return fields, decoded
+
+
 def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The fields of a JSON body and its tensors, decoded (those that are there)."""
-    fields = parse_json_body(raw)
+    split = _split_base64(raw)
+    if split is not None:
+        fields, decoded = split
+        fields["input"] = {"npy_base64": decoded}  # a bytearray: already decoded
+    else:
+        fields = parse_json_body(raw)
     names = ("input", *spec.family.extra_tensors)
     dtype, dtype_given = _request_dtype(fields)
     nested = any(_holds_numbers(fields.get(name)) for name in names)
@@ -269,20 +316,20 @@ def compute(
     return to_numpy(out), to_numpy(layout.present(indices)) if indices is not None else None
 
 
-async def run_operation(spec: OpSpec, request: Request, runtime: Runtime) -> Response:
+async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Response:
     raw = await read_body(request, runtime.max_body_bytes)
     kind = body_kind(request.headers.get("content-type"))
     answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
     if kind == "json":
-        if request.query_params:
-            name = next(iter(request.query_params.keys()))
+        if request.query:
+            name = next(iter(request.query.keys()))
             raise InvalidParameters.at(
                 ("query", name), "with a JSON body, parameters go in the body", "query_with_json"
             )
         fields, tensors = decode_json_request(raw, spec, runtime.limits)
         prefix = "body"
     else:
-        fields, tensors = decode_binary_request(raw, kind, request.query_params, spec, runtime.limits)
+        fields, tensors = decode_binary_request(raw, kind, request.query or QueryParams(), spec, runtime.limits)
         prefix = "query"
     x = tensors.get("input")
     key = _plan_key(spec, prefix, fields, tensors)

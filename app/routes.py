@@ -14,16 +14,16 @@ import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from starlette.routing import Route
 from pydantic import BaseModel, Field
 from starlette.responses import Response
+from starlette.routing import Route
 
 from app import __version__
 from app.catalogue import CATALOGUE, OpSpec
 from app.codecs import DTYPES
 from app.errors import PROBLEM_JSON, NotFound
 from app.params import TENSOR_SCHEMA, TensorField
-from app.pipeline import Runtime, run_operation
+from app.pipeline import Runtime
 from app.settings import Settings
 
 
@@ -107,14 +107,10 @@ def _request_body(spec: OpSpec) -> dict[str, Any]:
     }
 
 
-async def dispatch(request: Request) -> Response:
-    """Every `POST /pool/{op}`: one route, one dict lookup, rather than a route per op
-    for the router to try in turn."""
-    spec = CATALOGUE.get(request.path_params["op"])
-    if spec is None:
-        raise NotFound(f"unknown operation {request.path_params['op']!r}; GET /pool lists the operations")
-    runtime: Runtime = request.app.state.runtime
-    return await run_operation(spec, request, runtime)
+async def unrouted_pool(request: Request) -> Response:
+    """`app.asgi.PoolEndpoint` answers every POST here before routing; this route
+    exists so that other methods on the path get a 405."""
+    raise NotFound(f"unknown operation {request.path_params['op']!r}; GET /pool lists the operations")
 
 
 async def _described_only(request: Request) -> Response:  # pragma: no cover - never routed
@@ -166,7 +162,9 @@ def catalogue_router() -> APIRouter:
     router = APIRouter()
     listing = catalogue_listing()  # built once: it depends only on the catalogue
 
-    @router.get("/pool", summary="List every operation with its parameters", operation_id="pool-list", tags=["catalogue"])
+    @router.get(
+        "/pool", summary="List every operation with its parameters", operation_id="pool-list", tags=["catalogue"]
+    )
     async def list_operations() -> Response:
         return json_response(listing)
 
@@ -233,8 +231,7 @@ def service_router(settings: Settings) -> APIRouter:
 
 
 def install_routes(app: FastAPI, settings: Settings) -> None:
-    # First in the table: the pooling route is the one that must be cheap to reach.
-    app.router.routes.insert(0, Route("/pool/{op}", dispatch, methods=["POST"], name="pool"))
+    app.router.routes.insert(0, Route("/pool/{op}", unrouted_pool, methods=["POST"], name="pool"))
     app.include_router(service_router(settings))
     app.include_router(catalogue_router())
     documented = operation_docs()

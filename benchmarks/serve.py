@@ -145,12 +145,20 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__} on {args.threads} threads, {os.cpu_count()} cores")
     print(f"{'workload':<44} {'service':>16} {'floor':>16} {'ratio':>7}")
 
-    tiny = orjson.dumps({"input": rng.standard_normal((1, 1, 4, 4)).astype(np.float32).tolist(), "kernel_size": 2, "return_indices": True})
+    tiny = orjson.dumps(
+        {
+            "input": rng.standard_normal((1, 1, 4, 4)).astype(np.float32).tolist(),
+            "kernel_size": 2,
+            "return_indices": True,
+        }
+    )
     medium_x = rng.standard_normal((1, 16, 128, 128)).astype(np.float32)
     medium = orjson.dumps({"input": medium_x.tolist(), "kernel_size": 2})
     large_x = rng.standard_normal((8, 64, 112, 112)).astype(np.float32)
     large_npy = npy(large_x)
-    large_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(large_npy).decode()}, "kernel_size": 2, "stride": 2})
+    large_b64 = orjson.dumps(
+        {"input": {"npy_base64": base64.b64encode(large_npy).decode()}, "kernel_size": 2, "stride": 2}
+    )
     head_x = rng.standard_normal((32, 512, 7, 7)).astype(np.float32)
     head_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(npy(head_x)).decode()}})
 
@@ -165,7 +173,9 @@ def main() -> None:
             f"{'W1 tiny max2d, 32 clients: requests/s':<44} {ours['rps']:10.0f} {'':<5} {base['rps']:10.0f} "
             f"{'':<5} {ours['rps'] / base['rps']:6.2f}x  (target >= 0.9x)"
         )
-        print(f"{'   p50 / p99 latency (ms)':<44} {ours['p50']:5.2f} / {ours['p99']:<6.2f}    {base['p50']:5.2f} / {base['p99']:<6.2f}")
+        print(
+            f"{'   p50 / p99 latency (ms)':<44} {ours['p50']:5.2f} / {ours['p99']:<6.2f}    {base['p50']:5.2f} / {base['p99']:<6.2f}"
+        )
     else:
         print("W1 skipped: wrk is not installed (apt-get install wrk)")
 
@@ -204,7 +214,9 @@ def main() -> None:
         timed(lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), 1)
         before = memory_kib(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
-        w3 = timed(lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), args.repeat)
+        w3 = timed(
+            lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), args.repeat
+        )
         peak = memory_kib(pid, "VmHWM")
         line("W3 large .npy body -> .npz, one client", w3, floors["w3"], "ms", "<= 1.25x")
         w3b = timed(lambda: post(connection, "/pool/max2d", large_b64, json_type, json_type), args.repeat)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import load_npz, npy_bytes, npz_bytes
+from tests.conftest import assert_problem, load_npz, npy_bytes, npz_bytes
 from tests.reference import fractional_samples
 
 GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
@@ -242,3 +242,40 @@ def test_unpool_from_an_npz_with_both_tensors(client):
         "/pool/max-unpool2d?kernel_size=2", content=body, headers={"content-type": "application/x-npz"}
     )
     assert load_npz(response.content)["output"].tolist() == [[[[0, 0, 0, 0], [0, 6, 0, 8], [3, 0, 0, 0], [0, 0, 0, 4]]]]
+
+
+LARGE = np.random.default_rng(9).standard_normal((2, 8, 64, 64)).astype(np.float32)  # 256 KiB, the fast path
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda b: base64.b64encode(b).decode(), id="standard"),
+        pytest.param(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="), id="url-safe-unpadded"),
+        pytest.param(lambda b: base64.encodebytes(b).decode(), id="wrapped-lines"),
+    ],
+)
+def test_large_base64_inputs_decode_in_every_form(client, encode):
+    text = encode(npy_bytes(LARGE))
+    want = F.max_pool2d(torch.from_numpy(LARGE), 2).numpy()
+    for body in (
+        orjson.dumps({"input": {"npy_base64": text}, "kernel_size": 2}),
+        # Escaped solidus, as some encoders write it: the same string to JSON.
+        orjson.dumps({"kernel_size": 2, "input": {"npy_base64": text}}).replace(b"/", b"\\/"),
+    ):
+        response = client.post("/pool/max2d", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 200, response.text
+        got = np.load(io.BytesIO(base64.b64decode(response.json()["output"]["npy_base64"])))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_large_base64_decoy_in_another_field_changes_nothing(client):
+    text = base64.b64encode(npy_bytes(LARGE)).decode()
+    decoy = base64.b64encode(npy_bytes(LARGE[:1])).decode()
+    # A top-level "npy_base64" comes first: the fast cut must not take it for the input.
+    document = orjson.dumps({"npy_base64": decoy, "input": {"npy_base64": text}, "kernel_size": 2})
+    response = client.post("/pool/max2d", content=document, headers={"content-type": "application/json"})
+    assert_problem(response, 422, loc=["body", "npy_base64"])
+    corrupt = text[:100] + "*" + text[101:]
+    response = client.post("/pool/max2d", json={"input": {"npy_base64": corrupt}, "kernel_size": 2})
+    assert_problem(response, 400, detail_has="base64")
