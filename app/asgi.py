@@ -1,13 +1,15 @@
-"""`POST /pool/{op}` as a plain ASGI handler, ahead of the framework's layers.
+"""`POST /pool/{op}` as a plain ASGI handler, in front of all the framework's layers.
 
 The pooling endpoint is the hot path: for a tiny tensor the work is a few
-microseconds, so the routing table, the exception middleware and request
-objects would cost more than the pooling. This handler answers it straight
-from the ASGI scope; everything else (and any other method on the path) goes
-on to FastAPI, which also serves the endpoint's documentation.
+microseconds, so the routing table, the middleware and request objects would
+cost more than the pooling. This handler answers it straight from the ASGI
+scope; everything else (and any other method on the path) goes on to FastAPI,
+which also serves the endpoint's documentation.
 """
 
 from __future__ import annotations
+
+import logging
 
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,6 +19,7 @@ from app.errors import NotFound, ProblemError, problem_response
 from app.pipeline import Incoming, run_operation
 
 PREFIX = "/pool/"
+log = logging.getLogger("app.asgi")
 
 
 class PoolEndpoint:
@@ -25,16 +28,22 @@ class PoolEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
-        if scope.get("method") != "POST" or not path.startswith(PREFIX) or "/" in path[len(PREFIX) :]:
+        op = path[len(PREFIX) :]
+        if scope.get("method") != "POST" or not path.startswith(PREFIX) or "/" in op:
             await self.app(scope, receive, send)
             return
         try:
-            spec = CATALOGUE.get(path[len(PREFIX) :])
+            spec = CATALOGUE.get(op)
             if spec is None:
-                raise NotFound(f"unknown operation {path[len(PREFIX) :]!r}; GET /pool lists the operations")
+                raise NotFound(f"unknown operation {op!r}; GET /pool lists the operations")
+            # Starlette puts the application in the scope before its middleware runs.
             response = await run_operation(spec, incoming(scope, receive), scope["app"].state.runtime)
         except ProblemError as problem:
             response = problem_response(problem.status, problem.detail, problem.errors, problem.headers)
+        except Exception:
+            # A bug, never client input: logged whole, answered without internals.
+            log.exception("unhandled error on POST %s", path)
+            response = problem_response(500, "internal error")
         await response(scope, receive, send)
 
 

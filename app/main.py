@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
-from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp
 
 from app import __version__
 from app.asgi import PoolEndpoint
 from app.codecs import Limits
+from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.execution import Executor
 from app.pipeline import PlanCache, Runtime
@@ -30,6 +31,13 @@ tensors you send. Send nested JSON, flat JSON, base64 `.npy` or a raw `.npy`
 body to `POST /pool/{op}`; `GET /pool` lists the operations and their
 parameters. Errors are `application/problem+json`.
 """
+
+
+class PoolingApp(FastAPI):
+    """FastAPI with the pooling endpoint in front of all its layers (`app.asgi`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return PoolEndpoint(super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,18 +55,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         executor.close()
 
-    app = FastAPIOffline(
+    app = PoolingApp(
         title="Pooling service",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True, "deepLinking": True},
     )
     app.state.runtime = runtime
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app)
     install_routes(app, settings)
-    app.add_middleware(PoolEndpoint)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

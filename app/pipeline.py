@@ -172,7 +172,10 @@ def _split_base64(raw: bytearray) -> tuple[dict[str, Any], bytearray] | None:
     parsed: orjson would otherwise build a Python string as large as the tensor only
     for it to be decoded. Taken only where the cut provably is the input's value and
     is plain base64 (no escapes, no whitespace); anything else gets the full parse."""
-    match = _BASE64_KEY.search(raw)
+    # The key comes before its value, so a large value's key is near the start;
+    # a body of numbers is not searched to its end.
+    key = raw.find(b'"npy_base64"', 0, _LARGE_BASE64)
+    match = _BASE64_KEY.match(raw, key) if key >= 0 else None
     if match is None:
         return None
     start = match.end()

@@ -14,3 +14,16 @@ CONSTANT = b'{"op":"max2d","shape":[1,1,2,2],"dtype":"float32"}'
 async def pool(op: str, request: Request) -> Response:
     await request.body()
     return Response(CONSTANT, media_type="application/json")
+
+
+async def transport(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """HTTP alone: a plain ASGI app that reads the whole body and answers a constant.
+    What a large request costs before any framework or pooling runs."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": CONSTANT})
