@@ -22,7 +22,9 @@ FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    POOL_DEVICE=auto
+    POOL_DEVICE=auto \
+    POOL_HOST=0.0.0.0 \
+    POOL_PORT=8000
 COPY --from=build /opt/venv /opt/venv
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pool
 USER 10001
@@ -30,4 +32,5 @@ WORKDIR /srv
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header"]
+# uvicorn serving app.main:app with uvloop and httptools; POOL_WORKERS sets its processes.
+CMD ["python", "-m", "app"]

@@ -58,15 +58,15 @@ class Executor:
         self.device = resolve_device(settings.device)
         torch.set_num_threads(settings.torch_threads)
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="pool")
-        self._inline_max_elements = settings.inline_max_elements
 
-    async def run(self, fn: Callable[..., T], *args: Any, elements: int) -> T:
-        """`fn(*args)` in inference mode: in the bounded pool, or, for work over at
-        most `inline_max_elements` elements (microseconds), right here."""
-        if elements <= self._inline_max_elements:
-            return self._inference(fn, *args)
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in inference mode, in the bounded pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
+
+    def inline(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in inference mode, here: for work of microseconds."""
+        return self._inference(fn, *args)
 
     @staticmethod
     def _inference(fn: Callable[..., T], *args: Any) -> T:

@@ -6,6 +6,7 @@ module (as the tests do) reads no environment and starts no thread pool.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,10 +49,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
         max_body_bytes=settings.max_body_bytes,
         plans=PlanCache(settings.plan_cache_size),
+        inline_max_bytes=settings.inline_max_bytes,
+        inline_max_elements=settings.inline_max_elements,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything alive now (torch, the catalogue, the schemas) lives as long as the
+        # process: keep it out of garbage collection, whose full passes would otherwise
+        # walk it again and again while requests allocate their lists.
+        gc.collect()
+        gc.freeze()
         yield
         executor.close()
 

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ class Runtime:
     limits: Limits
     max_body_bytes: int
     plans: PlanCache
+    inline_max_bytes: int
+    inline_max_elements: int
 
 
 @dataclass(frozen=True)
@@ -320,19 +323,62 @@ def compute(
 
 
 async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Response:
+    """One request. A small one is decoded, pooled and encoded right on the event loop,
+    where a thread hop would cost more than the work; a large body, or a large output,
+    goes to the bounded compute pool, so cheap requests never wait behind it here."""
     raw = await read_body(request, runtime.max_body_bytes)
     kind = body_kind(request.headers.get("content-type"))
     answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
+    executor = runtime.executor
+    if len(raw) > runtime.inline_max_bytes:
+        return await executor.run(_whole, spec, raw, kind, answer, request.query, runtime)
+    job = prepare(spec, raw, kind, answer, request.query, runtime)
+    if isinstance(job, Response):
+        return job
+    if job.elements <= runtime.inline_max_elements:
+        return executor.inline(finish, job)
+    return await executor.run(finish, job)
+
+
+def _whole(
+    spec: OpSpec, raw: bytearray, kind: str, answer: str, query: QueryParams | None, runtime: Runtime
+) -> Response:
+    job = prepare(spec, raw, kind, answer, query, runtime)
+    return job if isinstance(job, Response) else finish(job)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request decoded, validated and planned: everything `finish` needs."""
+
+    spec: OpSpec
+    params: Any
+    layout: Layout
+    plan: Plan
+    tensors: dict[str, Tensor]
+    answer: str
+    encoding: str
+    executor: Executor
+
+    @property
+    def elements(self) -> int:
+        return sum(t.array.size for t in self.tensors.values()) + math.prod(self.plan.out_shape)
+
+
+def prepare(
+    spec: OpSpec, raw: bytearray, kind: str, answer: str, query: QueryParams | None, runtime: Runtime
+) -> Job | Response:
+    """Decode, validate and plan (a dry run's answer comes straight back)."""
     if kind == "json":
-        if request.query:
-            name = next(iter(request.query.keys()))
+        if query:
+            name = next(iter(query.keys()))
             raise InvalidParameters.at(
                 ("query", name), "with a JSON body, parameters go in the body", "query_with_json"
             )
         fields, tensors = decode_json_request(raw, spec, runtime.limits)
         prefix = "body"
     else:
-        fields, tensors = decode_binary_request(raw, kind, request.query or QueryParams(), spec, runtime.limits)
+        fields, tensors = decode_binary_request(raw, kind, query or QueryParams(), spec, runtime.limits)
         prefix = "query"
     x = tensors.get("input")
     key = _plan_key(spec, prefix, fields, tensors)
@@ -356,7 +402,7 @@ async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Re
         if key is not None:
             runtime.plans.put(key, prepared)
     assert x is not None
-    params, layout, plan = prepared.params, prepared.layout, prepared.plan
+    params = prepared.params
     encoding = params.output_encoding or ("npy_base64" if kind != "json" else x.encoding)
     if x.dtype == "bfloat16" and (answer != JSON or encoding == "npy_base64"):
         raise InvalidParameters.at(
@@ -366,12 +412,14 @@ async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Re
         )
     if "random_seed" in type(params).model_fields and params.random_seed is None:
         params = params.model_copy(update={"random_seed": secrets.randbits(63)})
+    return Job(spec, params, prepared.layout, prepared.plan, tensors, answer, encoding, runtime.executor)
 
-    elements = sum(t.array.size for t in tensors.values()) + math.prod(plan.out_shape)
-    out, indices = await runtime.executor.run(
-        compute, runtime.executor, spec, params, plan, layout, tensors, elements=elements
-    )
-    return encode_response(spec, params, x.dtype, out, indices, answer, encoding, runtime.executor.device)
+
+def finish(job: Job) -> Response:
+    """Compute and encode; in inference mode, wherever the caller runs it."""
+    out, indices = compute(job.executor, job.spec, job.params, job.plan, job.layout, job.tensors)
+    x = job.tensors["input"]
+    return encode_response(job.spec, job.params, x.dtype, out, indices, job.answer, job.encoding, job.executor.device)
 
 
 @dataclass(frozen=True)
@@ -386,11 +434,12 @@ class Prepared:
 class PlanCache:
     """Validated parameters, layout and plan by (op, shapes, dtype, parameters): the same
     request shape comes again and again, and none of this depends on the data. A
-    bounded dict, oldest entry out first; touched only from the event loop."""
+    bounded dict, oldest entry out first, shared by the event loop and the pool."""
 
     def __init__(self, size: int) -> None:
         self._entries: dict[tuple[Any, ...], Prepared] = {}
         self._size = size
+        self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...]) -> Prepared | None:
         return self._entries.get(key)
@@ -398,9 +447,10 @@ class PlanCache:
     def put(self, key: tuple[Any, ...], prepared: Prepared) -> None:
         if self._size <= 0:
             return
-        if len(self._entries) >= self._size:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = prepared
+        with self._lock:
+            if len(self._entries) >= self._size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = prepared
 
 
 _MAX_KEY_BYTES = 1024  # larger parameter sets are planned afresh, not kept

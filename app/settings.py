@@ -22,6 +22,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="POOL_", extra="ignore")
 
+    host: str = Field("127.0.0.1", description="Address `python -m app` listens on (0.0.0.0 in the container).")
+    port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
+    workers: int = Field(
+        1, ge=1, description="Server processes; each holds its own compute pool of max_concurrency threads."
+    )
     device: str = Field(
         "auto",
         description="Where tensors are pooled: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",
@@ -34,6 +39,12 @@ class Settings(BaseSettings):
     max_elements: int = Field(16_777_216, ge=1, description="Largest element count of any input or output tensor.")
     max_ndim: int = Field(6, ge=1, le=32, description="Most dimensions a tensor may have.")
     max_concurrency: int = Field(2, ge=1, description="Computations that run at once.")
+    inline_max_bytes: int = Field(
+        65_536,
+        ge=0,
+        description="Requests with bodies up to this size are decoded on the event loop; larger ones, "
+        "decoding included, in the compute pool.",
+    )
     inline_max_elements: int = Field(
         32_768,
         ge=0,

@@ -38,7 +38,8 @@ def test_compose_and_dockerfile_agree_on_port_healthcheck_and_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert service["ports"] == ["8000:8000"] and "EXPOSE 8000" in dockerfile
     assert "/healthz" in " ".join(service["healthcheck"]["test"]) and "/healthz" in dockerfile
-    assert re.search(r'CMD \["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"', dockerfile)
+    assert 'CMD ["python", "-m", "app"]' in dockerfile and "POOL_HOST=0.0.0.0" in dockerfile
+    assert "POOL_PORT=8000" in dockerfile
     assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE), "the image runs as a non-root user"
     assert service["deploy"]["resources"]["limits"] == {"cpus": "2", "memory": "4g"}
 

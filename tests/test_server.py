@@ -1,4 +1,4 @@
-"""End to end: a real uvicorn process on a free loopback port, talked to over TCP."""
+"""End to end: the service started as the README starts it, on a free loopback port, over TCP."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
-    env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1"}
+    env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1", "POOL_PORT": str(port)}
     log_path = tmp_path_factory.mktemp("server") / "uvicorn.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "app"],  # the README's way: uvicorn with uvloop and httptools
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
