@@ -21,6 +21,8 @@ def _ramp(*shape: int) -> list[Any]:
 GRID = [[[[1.0, 1.0, 2.0, 4.0], [5.0, 6.0, 7.0, 8.0], [3.0, 2.0, 1.0, 0.0], [1.0, 2.0, 3.0, 4.0]]]]
 # Keras' documented 3×3 map, (1, H, W, 1) channels last.
 KERAS_MAP = [[[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]], [[7.0], [8.0], [9.0]]]]
+# Keras' pool_size=(2, 2), strides=1, padding="same" in its own layout.
+KERAS_SAME = {"input": KERAS_MAP, "kernel_size": 2, "stride": 1, "padding": "same", "data_format": "channels_last"}
 
 
 def _torch_max_examples(rank: int) -> Examples:
@@ -72,13 +74,7 @@ def max_examples(rank: int) -> Examples:
         }
         examples["keras-channels-last"] = {
             "summary": 'Keras MaxPooling2D((2, 2), strides=1, padding="same") on a (1, 3, 3, 1) map',
-            "value": {
-                "input": KERAS_MAP,
-                "kernel_size": 2,
-                "stride": 1,
-                "padding": "same",
-                "data_format": "channels_last",
-            },
+            "value": KERAS_SAME,
         }
         examples["int64"] = {
             "summary": "int64 beyond float precision, exact",
@@ -119,13 +115,7 @@ def avg_examples(rank: int) -> Examples:
     if rank == 2:
         examples["keras-same"] = {
             "summary": 'Keras AveragePooling2D((2, 2), strides=1, padding="same"): padding not counted',
-            "value": {
-                "input": KERAS_MAP,
-                "kernel_size": 2,
-                "stride": 1,
-                "padding": "same",
-                "data_format": "channels_last",
-            },
+            "value": KERAS_SAME,
         }
     return examples
 
