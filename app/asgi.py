@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.catalogue import CATALOGUE
 from app.errors import NotFound, ProblemError, problem_response
-from app.pipeline import Incoming, run_operation
+from app.pipeline import run_operation
+from app.requests import ClientGone, Incoming
 
 PREFIX = "/pool/"
 log = logging.getLogger("app.asgi")
@@ -40,6 +41,8 @@ class PoolEndpoint:
             response = await run_operation(spec, incoming(scope, receive), scope["app"].state.runtime)
         except ProblemError as problem:
             response = problem_response(problem.status, problem.detail, problem.errors, problem.headers)
+        except ClientGone:
+            return  # nobody is left to answer
         except Exception:
             # A bug, never client input: logged whole, answered without internals.
             log.exception("unhandled error on POST %s", path)

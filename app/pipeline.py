@@ -9,30 +9,27 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import secrets
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-import pybase64
 import torch
 from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
-from starlette.types import Receive
 
 from app import codecs
 from app.catalogue import OpSpec
 from app.codecs import Limits, Tensor
-from app.errors import InvalidParameters, TooLarge, UndecodableBody, validation_problem
+from app.errors import InvalidParameters, TooLarge, validation_problem
 from app.execution import Executor, to_numpy, with_half_fallback
 from app.kernels import Plan
 from app.layout import Layout, global_indices
 from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
+from app.requests import Incoming, decode_binary_request, decode_json_request, read_body
 
 log = logging.getLogger("app.pipeline")
 
@@ -47,229 +44,6 @@ class Runtime:
     plans: PlanCache
     inline_max_bytes: int
     inline_max_elements: int
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """What the pipeline reads of a request: lower-case headers, the query (None when
-    empty) and the ASGI `receive` that yields the body."""
-
-    headers: dict[str, str]
-    query: QueryParams | None
-    receive: Receive
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body arrived."""
-
-
-async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
-
-
-async def read_body(incoming: Incoming, limit: int) -> bytearray:
-    """The body, refused as soon as it is known to exceed `limit` bytes (a declared
-    Content-Length before anything is read). With a declared length each chunk is
-    copied into one buffer as it arrives and let go at once, so the allocator hands
-    the same memory back for the next: keeping every chunk until the end and joining
-    them costs twice the page faults (W3: 43 ms against 18 ms for 25.7 MB)."""
-    declared = incoming.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise UndecodableBody("Content-Length is not a number") from None
-        if size > limit:
-            raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
-        body = bytearray(size)
-        view, filled = memoryview(body), 0
-        async for chunk in _chunks(incoming.receive):
-            if filled + len(chunk) > size:
-                raise UndecodableBody("the body is longer than its Content-Length")
-            view[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
-        if filled != size:
-            raise UndecodableBody("the body is shorter than its Content-Length")
-        return body
-    chunks, received = [], 0
-    async for chunk in _chunks(incoming.receive):
-        received += len(chunk)
-        if received > limit:
-            raise TooLarge(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return bytearray().join(chunks)
-
-
-def parse_json_body(raw: bytearray) -> dict[str, Any]:
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UndecodableBody(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidParameters.at(("body",), "the body must be a JSON object of parameters and tensors", "model_type")
-    return document
-
-
-def query_value(text: str) -> Any:
-    """A query parameter: JSON where it parses, else a comma-separated list of numbers, else the word."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    if "," in text:
-        try:
-            return [orjson.loads(part) for part in text.split(",")]
-        except orjson.JSONDecodeError:
-            pass
-    return text
-
-
-def query_fields(query: QueryParams) -> dict[str, Any]:
-    fields = {}
-    for key in query.keys():
-        values = query.getlist(key)
-        if len(values) > 1:
-            raise InvalidParameters.at(("query", key), f"{key} is given {len(values)} times", "repeated")
-        fields[key] = query_value(values[0])
-    return fields
-
-
-def _request_dtype(fields: dict[str, Any]) -> tuple[str, bool]:
-    if "dtype" not in fields:
-        return "float32", False
-    dtype = fields["dtype"]
-    if dtype not in codecs.DTYPES:
-        raise InvalidParameters.at(
-            ("body", "dtype"), f"unknown dtype {dtype!r}; one of {', '.join(codecs.DTYPES)}", "literal_error"
-        )
-    return dtype, True
-
-
-def _holds_numbers(value: Any) -> bool:
-    """A nested or flat JSON tensor, whose numbers orjson has parsed into lists."""
-    return isinstance(value, list) or (isinstance(value, dict) and "npy_base64" not in value)
-
-
-def _occurs_more_than(raw: bytearray, byte: bytes, times: int) -> bool:
-    """Whether `byte` occurs more than `times` times; each look is a memchr, and it
-    stops at times + 1, so a body of numbers costs one pass."""
-    position = -1
-    for _ in range(times + 1):
-        position = raw.find(byte, position + 1)
-        if position < 0:
-            return False
-    return True
-
-
-def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, ...]) -> bool:
-    """Whether `true` or `false` may stand inside a tensor, where numpy would read
-    them as 1 and 0: the body holds more t or f letters than the rest of the
-    document spells (numbers never do). Without escapes the letters of the body and
-    of that document re-encoded agree exactly; with any, the exact check runs."""
-    if raw.find(b"\\") >= 0:
-        return True
-    skeleton = orjson.dumps({key: 0 if key in tensors else value for key, value in fields.items()})
-    return any(_occurs_more_than(raw, letter, skeleton.count(letter)) for letter in (b"t", b"f"))
-
-
-_LARGE_BASE64 = 1 << 16
-_BASE64_KEY = re.compile(rb'"npy_base64"\s*:\s*"')
-_SLOT = "\x00"  # cannot stand unescaped in JSON, so no client sends it
-
-
-def _split_base64(raw: bytearray) -> tuple[dict[str, Any], bytearray] | None:
-    """A large `npy_base64` input decoded straight from the raw body, and the rest
-    parsed: orjson would otherwise build a Python string as large as the tensor only
-    for it to be decoded. Taken only where the cut provably is the input's value and
-    is plain base64 (no escapes, no whitespace); anything else gets the full parse."""
-    # The key comes before its value, so a large value's key is near the start;
-    # a body of numbers is not searched to its end.
-    key = raw.find(b'"npy_base64"', 0, _LARGE_BASE64)
-    match = _BASE64_KEY.match(raw, key) if key >= 0 else None
-    if match is None:
-        return None
-    start = match.end()
-    end = raw.find(b'"', start)
-    if end - start < _LARGE_BASE64 or raw.find(b"\\", start, end) >= 0:
-        return None
-    rest = bytes(raw[:start]) + b"\\u0000" + bytes(raw[end:])
-    try:
-        fields = orjson.loads(rest)
-        decoded = pybase64.b64decode_as_bytearray(memoryview(raw)[start:end], validate=True)
-    except (orjson.JSONDecodeError, ValueError):
-        return None
-    if not isinstance(fields, dict) or fields.get("input") != {"npy_base64": _SLOT}:
-        return None
-    return fields, decoded
-
-
-def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The fields of a JSON body and its tensors, decoded (those that are there)."""
-    split = _split_base64(raw)
-    if split is not None:
-        fields, decoded = split
-        fields["input"] = {"npy_base64": decoded}  # a bytearray: already decoded
-    else:
-        fields = parse_json_body(raw)
-    names = ("input", *spec.family.extra_tensors)
-    dtype, dtype_given = _request_dtype(fields)
-    nested = any(_holds_numbers(fields.get(name)) for name in names)
-    maybe_bools = nested and _loose_booleans(raw, fields, names)
-    tensors = {}
-    for name in names:
-        if fields.get(name) is None:
-            continue
-        is_input = name == "input"
-        tensors[name] = codecs.decode_json_tensor(
-            fields[name],
-            loc=("body", name),
-            dtype=dtype if is_input else "int64",
-            dtype_given=dtype_given and is_input,
-            limits=limits,
-            maybe_bools=maybe_bools,
-            integer_only=not is_input,
-        )
-    return fields, tensors
-
-
-def decode_binary_request(
-    raw: bytearray, kind: str, query: QueryParams, spec: OpSpec, limits: Limits
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    fields = query_fields(query)
-    names = ("input", *spec.family.extra_tensors)
-    for name in names:
-        if name in fields:
-            raise InvalidParameters.at(
-                ("query", name), f"{name} travels in the body, not in the query", "tensor_in_query"
-            )
-    if kind == "npy":
-        if spec.family.extra_tensors:
-            raise UndecodableBody(f"{spec.name} takes {' and '.join(names)}: send them as an .npz")
-        arrays = {"input": codecs.decode_npy(raw, limits, ("body",))}
-    else:
-        arrays = codecs.decode_npz(raw, set(names), limits)
-        missing = [name for name in names if name not in arrays]
-        if missing:
-            raise UndecodableBody(f"the .npz lacks the member {missing[0]}.npy")
-    tensors = {}
-    for name, array in arrays.items():
-        is_input = name == "input"
-        dtype = codecs.dtype_of(array, ("body", name), integer_only=not is_input)
-        tensors[name] = Tensor(array, dtype, kind)
-    requested = fields.get("dtype")
-    if requested is not None and requested != tensors["input"].dtype:
-        raise InvalidParameters.at(
-            ("query", "dtype"), f"the .npy is {tensors['input'].dtype} but dtype says {requested}", "dtype_conflict"
-        )
-    for name in names:
-        fields[name] = None  # tensors are decoded; the model checks the rest
-    return fields, tensors
 
 
 def _layout_text(rank: int, channels_last: bool) -> str:
