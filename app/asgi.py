@@ -9,18 +9,15 @@ which also serves the endpoint's documentation.
 
 from __future__ import annotations
 
-import logging
-
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.catalogue import CATALOGUE
-from app.errors import NotFound, ProblemError, problem_response
+from app.errors import ClientGone, NotFound, ProblemError, internal_error, problem_response
 from app.pipeline import run_operation
-from app.requests import ClientGone, Incoming
+from app.requests import Incoming
 
 PREFIX = "/pool/"
-log = logging.getLogger("app.asgi")
 
 
 class PoolEndpoint:
@@ -43,10 +40,8 @@ class PoolEndpoint:
             response = problem_response(problem.status, problem.detail, problem.errors, problem.headers)
         except ClientGone:
             return  # nobody is left to answer
-        except Exception:
-            # A bug, never client input: logged whole, answered without internals.
-            log.exception("unhandled error on POST %s", path)
-            response = problem_response(500, "internal error")
+        except Exception as exc:
+            response = internal_error(scope, exc)
         await response(scope, receive, send)
 
 

@@ -7,6 +7,8 @@
      +-- TooLarge                413  body, tensor or result over a limit
      +-- UnsupportedMediaType    415
      +-- InvalidParameters       422  parameters invalid, or invalid for this tensor
+     +-- Unauthorized            401  an API key is configured and missing or wrong
+     +-- Overloaded              503  every compute slot and queue place taken, or the time limit passed
 
 Inner layers raise these; `install_error_handlers` turns them, and the
 framework's own errors, into problem+json in one place.
@@ -29,6 +31,10 @@ from starlette.responses import Response
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("app.errors")
+
+
+class ClientGone(Exception):
+    """The client disconnected: nobody is left to answer."""
 
 
 class ProblemError(Exception):
@@ -66,6 +72,14 @@ class UnsupportedMediaType(ProblemError):
     status = 415
 
 
+class Unauthorized(ProblemError):
+    status = 401
+
+
+class Overloaded(ProblemError):
+    status = 503
+
+
 class InvalidParameters(ProblemError):
     status = 422
 
@@ -80,6 +94,7 @@ def problem_response(
     detail: str,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -89,6 +104,8 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
+    if request_id is not None:
+        body["request_id"] = request_id
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -117,6 +134,19 @@ def _message(err: Any, known: Collection[str]) -> str:
     return str(err["msg"])
 
 
+def request_id(scope: Any) -> str | None:
+    state = scope.get("state")
+    return state.get("request_id") if isinstance(state, dict) else None
+
+
+def internal_error(scope: Any, exc: BaseException) -> Response:
+    """A bug that escaped: logged whole under the request's id, answered with the id
+    and nothing of its internals."""
+    rid = request_id(scope)
+    log.error("unhandled error on %s %s [request %s]", scope.get("method"), scope.get("path"), rid, exc_info=exc)
+    return problem_response(500, "internal error; quote the request id when reporting it", request_id=rid)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
@@ -138,8 +168,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # A bug, never client input: log it, and say nothing of its internals.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal error")
+        return internal_error(request.scope, exc)
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http)

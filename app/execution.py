@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from app.errors import ClientGone, Overloaded
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -54,15 +55,47 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Executor:
+    """The device and a compute pool of `max_concurrency` threads with at most
+    `max_queue` computations waiting; past that, work is refused at once (503)."""
+
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
         torch.set_num_threads(settings.torch_threads)
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="pool")
+        self._capacity = settings.max_concurrency + settings.max_queue
+        self._timeout = settings.request_timeout_s
+        self._retry_after = {"Retry-After": str(settings.retry_after_s)}
+        self.taken = 0  # computations running or waiting; touched only on the event loop
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in inference mode, in the bounded pool."""
+    async def run(self, fn: Callable[..., T], *args: Any, gone: Callable[[], Awaitable[None]] | None = None) -> T:
+        """`fn(*args)` in inference mode, in the bounded pool. If `gone()` finishes
+        first (the client disconnected), the work is dropped if it has not started,
+        and its result is never awaited if it has."""
+        if self.taken >= self._capacity:
+            raise Overloaded("every compute slot and queue place is taken; retry shortly", headers=self._retry_after)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
+        future = loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
+        self.taken += 1
+        # The slot frees when the thread is done with it, not when the client gives up.
+        future.add_done_callback(self._release)
+        waiters: set[asyncio.Future[Any]] = {future}
+        watcher = asyncio.ensure_future(gone()) if gone is not None else None
+        if watcher is not None:
+            waiters.add(watcher)
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if future in done:
+            return future.result()
+        future.cancel()  # not started: never will be
+        if watcher is not None and watcher in done:
+            raise ClientGone
+        raise Overloaded(f"the computation took longer than {self._timeout} s", headers=self._retry_after)
+
+    def _release(self, _: asyncio.Future[Any]) -> None:
+        self.taken -= 1
 
     def inline(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in inference mode, here: for work of microseconds."""

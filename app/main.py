@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from app import __version__
@@ -21,6 +22,7 @@ from app.codecs import Limits
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.execution import Executor
+from app.gate import Gate
 from app.pipeline import PlanCache, Runtime
 from app.routes import install_routes
 from app.settings import Settings
@@ -35,10 +37,21 @@ parameters. Errors are `application/problem+json`.
 
 
 class PoolingApp(FastAPI):
-    """FastAPI with the pooling endpoint in front of all its layers (`app.asgi`)."""
+    """FastAPI with the gate (keys, request ids, headers), CORS where configured,
+    and the pooling endpoint (`app.asgi`) in front of all its own layers."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return PoolEndpoint(super().build_middleware_stack())
+        settings: Settings = self.state.settings
+        inner: ASGIApp = PoolEndpoint(super().build_middleware_stack())
+        if settings.cors_origins:
+            inner = CORSMiddleware(
+                inner,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After"],
+            )
+        return Gate(inner, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -29,7 +29,7 @@ from app.execution import Executor, to_numpy, with_half_fallback
 from app.kernels import Plan
 from app.layout import Layout, global_indices
 from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
-from app.requests import Incoming, decode_binary_request, decode_json_request, read_body
+from app.requests import Incoming, decode_binary_request, decode_json_request, disconnected, read_body
 
 log = logging.getLogger("app.pipeline")
 
@@ -118,13 +118,15 @@ async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Re
     answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
     executor = runtime.executor
     if len(raw) > runtime.inline_max_bytes:
-        return await executor.run(_whole, spec, raw, kind, answer, request.query, runtime)
+        return await executor.run(
+            _whole, spec, raw, kind, answer, request.query, runtime, gone=lambda: disconnected(request.receive)
+        )
     job = prepare(spec, raw, kind, answer, request.query, runtime)
     if isinstance(job, Response):
         return job
     if job.elements <= runtime.inline_max_elements:
         return executor.inline(finish, job)
-    return await executor.run(finish, job)
+    return await executor.run(finish, job, gone=lambda: disconnected(request.receive))
 
 
 def _whole(

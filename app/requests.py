@@ -21,7 +21,7 @@ from starlette.types import Receive
 from app import codecs
 from app.catalogue import OpSpec
 from app.codecs import Limits, Tensor
-from app.errors import InvalidParameters, TooLarge, UndecodableBody
+from app.errors import ClientGone, InvalidParameters, TooLarge, UndecodableBody
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,6 @@ class Incoming:
     receive: Receive
 
 
-class ClientGone(Exception):
-    """The client disconnected before its body arrived."""
-
-
 async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
@@ -46,6 +42,12 @@ async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client has gone (after the body, `receive` waits for that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def read_body(incoming: Incoming, limit: int) -> bytearray:

@@ -34,11 +34,23 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; empty leaves the service open.",
+        repr=False,  # never in logs or tracebacks
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_elements: int = Field(16_777_216, ge=1, description="Largest element count of any input or output tensor.")
     max_ndim: int = Field(6, ge=1, le=32, description="Most dimensions a tensor may have.")
     max_concurrency: int = Field(2, ge=1, description="Computations that run at once.")
+    max_queue: int = Field(
+        8, ge=0, description="Computations that may wait for a slot; past that, 503 with Retry-After at once."
+    )
+    request_timeout_s: float | None = Field(
+        None, gt=0, description="Seconds a computation may take before its request gets a 503; none by default."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After, in seconds, on a 503.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins browsers may call the service from; empty (default) turns CORS off.",
+    )
     inline_max_bytes: int = Field(
         65_536,
         ge=0,
@@ -60,7 +72,7 @@ class Settings(BaseSettings):
         description="Torch intra-op threads (default: the cores this process may use).",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def split_keys(cls, value: object) -> object:
         # A comma-separated string, as an environment variable carries it.

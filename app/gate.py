@@ -1,0 +1,91 @@
+"""The outermost layer: request ids, API keys and the headers every answer carries.
+
+It runs before anything reads the body or even looks up the route, so a
+request without a valid key is refused with a 401 at once, whatever else is
+wrong with it; keys are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import problem_response
+from app.settings import Settings
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
+
+
+def needs_key(method: str, path: str) -> bool:
+    """The routes that compute or report usage; health, docs, schema, /info and the
+    catalogue stay open."""
+    if path.startswith("/pool/"):
+        return method == "POST"
+    if path == "/metrics":
+        return True
+    return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+def presented_key(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return value
+    return None
+
+
+class Gate:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self._keys = [key.encode() for key in settings.api_keys]
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = presented_key(scope)
+        if given is None:
+            return False
+        # Every key is compared, each in constant time, so timing tells nothing.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(key, given)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        extra = [*SECURITY_HEADERS, (b"x-request-id", rid.encode())]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if self._keys and needs_key(scope["method"], scope["path"]) and not self._authorized(scope):
+            response = problem_response(
+                401,
+                "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+                headers={"WWW-Authenticate": 'Bearer realm="pooling"'},
+            )
+            await response(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
