@@ -22,6 +22,7 @@ from app import __version__
 from app.catalogue import CATALOGUE, OpSpec
 from app.codecs import DTYPES
 from app.errors import PROBLEM_JSON, NotFound
+from app.gate import needs_key
 from app.params import TENSOR_SCHEMA, TensorField
 from app.pipeline import Runtime
 from app.settings import Settings
@@ -241,12 +242,23 @@ def install_routes(app: FastAPI, settings: Settings) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=[*app.routes, *documented],
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=[*app.routes, *documented]
             )
+            if settings.api_keys:
+                # The docs page's Authorize button: either header carries the key.
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                }
+                for path, operations in schema["paths"].items():
+                    for method, operation in operations.items():
+                        if needs_key(method.upper(), path):
+                            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                            operation["responses"]["401"] = {
+                                "description": "An API key is configured and the request lacks a valid one"
+                            }
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -56,7 +56,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_real_server_answers_json_binary_and_errors(server):
     with httpx.Client(base_url=server, timeout=30) as http:
         grid = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
-        body = http.post("/pool/max2d", json={"input": grid, "kernel_size": 2, "return_indices": True}).json()
+        answer = http.post("/pool/max2d", json={"input": grid, "kernel_size": 2, "return_indices": True})
+        assert "server" not in answer.headers  # no version banner
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        body = answer.json()
         assert body["output"] == [[[[6.0, 8.0], [3.0, 4.0]]]] and body["indices"] == [[[[5, 7], [8, 15]]]]
 
         x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
