@@ -52,12 +52,15 @@ class PoolResponse(BaseModel):
     op: str = Field(description="The operation that ran.")
     shape: list[int] = Field(description="The output's shape.")
     dtype: str = Field(description="The output's dtype (the input's).")
-    output: TensorField = Field(description="The pooled tensor, in the requested encoding.")
+    output: TensorField | None = Field(description="The pooled tensor, in the requested encoding; null for a dry run.")
     indices: TensorField | None = Field(
         description="int64 argmax positions, shaped as the output, when return_indices is true; else null."
     )
     device: str = Field(description="Where the pooling ran.")
     random_seed: int | None = Field(None, description="Fractional ops only: the seed that was used.")
+    padding: list[list[int]] | None = Field(
+        None, description="Dry runs only: the effective [begin, end] padding per spatial dimension, or null."
+    )
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
