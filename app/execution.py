@@ -61,7 +61,8 @@ class Executor:
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
         torch.set_num_threads(settings.torch_threads)
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="pool")
+        self._workers = settings.max_concurrency
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, again after a close
         self._capacity = settings.max_concurrency + settings.max_queue
         self._timeout = settings.request_timeout_s
         self._retry_after = {"Retry-After": str(settings.retry_after_s)}
@@ -73,6 +74,8 @@ class Executor:
         and its result is never awaited if it has."""
         if self.taken >= self._capacity:
             raise Overloaded("every compute slot and queue place is taken; retry shortly", headers=self._retry_after)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="pool")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
         self.taken += 1
@@ -114,7 +117,9 @@ class Executor:
         return tensor.to(device=self.device, dtype=target)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
