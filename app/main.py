@@ -24,6 +24,7 @@ from app.errors import install_error_handlers
 from app.execution import Executor
 from app.gate import Gate
 from app.pipeline import PlanCache, Runtime
+from app.requests import BodyBudget
 from app.routes import install_routes
 from app.settings import Settings
 
@@ -62,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
         max_body_bytes=settings.max_body_bytes,
         plans=PlanCache(settings.plan_cache_size),
+        # Bodies for every compute slot and queue place, and as many more being read.
+        bodies=BodyBudget(
+            2 * settings.max_body_bytes * (settings.max_concurrency + settings.max_queue), settings.retry_after_s
+        ),
         inline_max_bytes=settings.inline_max_bytes,
         inline_max_elements=settings.inline_max_elements,
     )

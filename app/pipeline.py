@@ -29,7 +29,14 @@ from app.execution import Executor, to_numpy, with_half_fallback
 from app.kernels import Plan
 from app.layout import Layout, global_indices
 from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
-from app.requests import Incoming, decode_binary_request, decode_json_request, disconnected, read_body
+from app.requests import (
+    BodyBudget,
+    Incoming,
+    decode_binary_request,
+    decode_json_request,
+    disconnected,
+    read_body,
+)
 
 log = logging.getLogger("app.pipeline")
 
@@ -42,6 +49,7 @@ class Runtime:
     limits: Limits
     max_body_bytes: int
     plans: PlanCache
+    bodies: BodyBudget
     inline_max_bytes: int
     inline_max_elements: int
 
@@ -113,7 +121,14 @@ async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Re
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
     goes to the bounded compute pool, so cheap requests never wait behind it here."""
-    raw = await read_body(request, runtime.max_body_bytes)
+    raw = await read_body(request, runtime.max_body_bytes, runtime.bodies)
+    try:
+        return await _answer(spec, request, runtime, raw)
+    finally:
+        runtime.bodies.give_back(len(raw))
+
+
+async def _answer(spec: OpSpec, request: Incoming, runtime: Runtime, raw: bytearray) -> Response:
     kind = body_kind(request.headers.get("content-type"))
     answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
     executor = runtime.executor

@@ -210,3 +210,43 @@ def test_hostile_bodies_get_a_clean_4xx_and_the_server_carries_on(client, body, 
     )
     assert_problem(response, status)
     assert client.post("/pool/max2d", json=OK_BODY).json()["output"] == [[[[6.0, 8.0], [3.0, 4.0]]]]
+
+
+# ---------------------------------------------------------------- bodies in flight
+
+
+def test_request_bodies_in_flight_share_one_budget():
+    from app.requests import BodyBudget, Incoming, read_body
+
+    budget = BodyBudget(2000, retry_after_s=3)
+    hold = asyncio.Event()
+
+    async def stalled_receive():
+        await hold.wait()
+        return {"type": "http.request", "body": b"x" * 1500, "more_body": False}
+
+    async def scenario() -> list[object]:
+        first = asyncio.ensure_future(
+            read_body(Incoming({"content-length": "1500"}, None, stalled_receive), 10_000, budget)
+        )
+        await asyncio.sleep(0)
+        outcomes: list[object] = [budget.held]
+        try:
+            await read_body(Incoming({"content-length": "1000"}, None, stalled_receive), 10_000, budget)
+        except Overloaded as exc:
+            outcomes.append(exc.headers["Retry-After"])
+        first.cancel()  # the client went away mid-upload: its share comes back
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        outcomes.append(budget.held)
+        return outcomes
+
+    assert asyncio.run(scenario()) == [1500, "3", 0]
+
+
+def test_the_budget_comes_back_after_every_request(client):
+    budget = client.app.state.runtime.bodies
+    client.post("/pool/max2d", json=OK_BODY)
+    client.post("/pool/max2d", json={"input": "bad"})
+    client.post("/pool/max2d", content=b"{nope", headers={"content-type": "application/json"})
+    assert budget.held == 0
