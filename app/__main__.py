@@ -19,6 +19,8 @@ def main() -> None:
         http="httptools",
         server_header=False,
         date_header=True,
+        access_log=False,  # the service logs each request itself, as JSON lines
+        log_level=settings.log_level,
     )
 
 

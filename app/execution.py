@@ -8,7 +8,6 @@ once and come back once.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -61,7 +60,7 @@ class Executor:
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
         torch.set_num_threads(settings.torch_threads)
-        self._workers = settings.max_concurrency
+        self.workers = settings.max_concurrency
         self._pool: ThreadPoolExecutor | None = None  # made on first use, again after a close
         self._capacity = settings.max_concurrency + settings.max_queue
         self._timeout = settings.request_timeout_s
@@ -75,9 +74,9 @@ class Executor:
         if self.taken >= self._capacity:
             raise Overloaded("every compute slot and queue place is taken; retry shortly", headers=self._retry_after)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="pool")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(self._inference, fn, *args))
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pool")
+        work = self._pool.submit(self._inference, fn, *args)
+        future = asyncio.wrap_future(work)
         self.taken += 1
         # The slot frees when the thread is done with it, not when the client gives up.
         future.add_done_callback(self._release)
@@ -92,7 +91,7 @@ class Executor:
                 watcher.cancel()
         if future in done:
             return future.result()
-        future.cancel()  # not started: never will be
+        work.cancel()  # at once, not on a later loop turn: if it has not started, it never will
         if watcher is not None and watcher in done:
             raise ClientGone
         raise Overloaded(f"the computation took longer than {self._timeout} s", headers=self._retry_after)

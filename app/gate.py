@@ -1,4 +1,5 @@
-"""The outermost layer: request ids, API keys and the headers every answer carries.
+"""The outermost layer: request ids, API keys, the headers every answer carries, and
+the record of each request (metrics and a log line, `app.telemetry`).
 
 It runs before anything reads the body or even looks up the route, so a
 request without a valid key is refused with a 401 at once, whatever else is
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.catalogue import CATALOGUE
 from app.errors import problem_response
 from app.settings import Settings
+from app.telemetry import Metrics, log_request
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
@@ -42,9 +46,10 @@ def presented_key(scope: Scope) -> bytes | None:
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
         self.app = app
         self._keys = [key.encode() for key in settings.api_keys]
+        self._metrics = metrics
 
     def _authorized(self, scope: Scope) -> bool:
         given = presented_key(scope)
@@ -60,24 +65,73 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         rid = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         extra = [*SECURITY_HEADERS, (b"x-request-id", rid.encode())]
+        answer = {"status": 0, "bytes": 0}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
+            elif message["type"] == "http.response.body":
+                answer["bytes"] += len(message.get("body", b""))
             await send(message)
 
-        if self._keys and needs_key(scope["method"], scope["path"]) and not self._authorized(scope):
-            response = problem_response(
-                401,
-                "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-                headers={"WWW-Authenticate": 'Bearer realm="pooling"'},
-            )
-            await response(scope, receive, send_with_headers)
-            return
-        await self.app(scope, receive, send_with_headers)
+        try:
+            if self._keys and needs_key(scope["method"], scope["path"]) and not self._authorized(scope):
+                response = problem_response(
+                    401,
+                    "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+                    headers={"WWW-Authenticate": 'Bearer realm="pooling"'},
+                )
+                await response(scope, receive, send_with_headers)
+                return
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, rid, answer["status"], answer["bytes"], time.perf_counter() - started)
+
+    def _record(self, scope: Scope, rid: str, status: int, bytes_out: int, seconds: float) -> None:
+        path = scope["path"]
+        op = metered_op(scope["method"], path)
+        bytes_in = _content_length(scope)
+        if op is not None:
+            self._metrics.observe(op, status, seconds, bytes_in, bytes_out)
+        client = scope.get("client")
+        log_request(
+            {
+                "request_id": rid,
+                "method": scope["method"],
+                "path": path,
+                "op": op,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 3),
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            }
+        )
+
+
+def metered_op(method: str, path: str) -> str | None:
+    """The op a request computes, for metrics: POST /pool/{op} and the v2 infer route."""
+    if method != "POST":
+        return None
+    if path.startswith("/pool/"):
+        op = path[len("/pool/") :]
+        return op if op in CATALOGUE else "unknown"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        op = path[len("/v2/models/") : -len("/infer")]
+        return op if op in CATALOGUE else "unknown"
+    return None
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _request_id(scope: Scope) -> str:

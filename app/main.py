@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import torch
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.middleware.cors import CORSMiddleware
@@ -27,6 +28,7 @@ from app.pipeline import PlanCache, Runtime
 from app.requests import BodyBudget
 from app.routes import install_routes
 from app.settings import Settings
+from app.telemetry import Metrics, configure_logging
 
 DESCRIPTION = """\
 Every pooling operation of modern deep learning — max, average, Lp, adaptive,
@@ -52,12 +54,16 @@ class PoolingApp(FastAPI):
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
                 expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After"],
             )
-        return Gate(inner, settings)
+        return Gate(inner, settings, self.state.metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings.log_level)
     executor = Executor(settings)
+    metrics = Metrics(str(executor.device), torch.__version__)
+    metrics.in_flight.set_function(lambda: min(executor.taken, executor.workers))
+    metrics.queued.set_function(lambda: max(0, executor.taken - executor.workers))
     runtime = Runtime(
         executor=executor,
         limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
@@ -92,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
     install_docs(app)
     install_routes(app, settings)

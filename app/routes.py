@@ -14,8 +14,9 @@ import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from app import __version__
@@ -217,6 +218,17 @@ def service_router(settings: Settings) -> APIRouter:
     async def readyz(request: Request) -> Response:
         ready = getattr(request.app.state, "runtime", None) is not None
         return json_response({"status": "ready" if ready else "starting"}, 200 if ready else 503)
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        operation_id="metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/info", summary="Version, device and limits", operation_id="info")
     async def info(request: Request) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated origins browsers may call the service from; empty (default) turns CORS off.",
     )
+    log_level: str = Field(
+        "info", description="Log level of the service's JSON-lines logs (debug, info, warning, error)."
+    )
     inline_max_bytes: int = Field(
         65_536,
         ge=0,
@@ -79,6 +82,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("log_level must be debug, info, warning, error or critical")
+        return value.lower()
 
     @field_validator("device")
     @classmethod
