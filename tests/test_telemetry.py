@@ -1,0 +1,68 @@
+"""Prometheus metrics and the JSON log line of each request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from app.telemetry import JsonLines
+
+GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = (
+        rf"^{re.escape(name)}\{{{re.escape(wanted)}\}} ([0-9.e+]+)$" if labels else rf"^{re.escape(name)} ([0-9.e+]+)$"
+    )
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name} {labels} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_requests_latency_bytes_and_rejections(make_client):
+    client = make_client(max_body_bytes=10_000)
+    for _ in range(3):
+        assert client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}).status_code == 200
+    client.post("/pool/max2d", json={"input": GRID})  # 422
+    client.post("/pool/max2d", content=b"x" * 20_000, headers={"content-type": "application/json"})  # 413
+    client.post("/pool/no-such-op", json={})  # 404, labelled unknown rather than by what the client sent
+    text = client.get("/metrics").text
+    assert metric(text, "pool_requests_total", op="max2d", status="200") == 3
+    assert metric(text, "pool_requests_total", op="max2d", status="422") == 1
+    assert metric(text, "pool_requests_total", op="unknown", status="404") == 1
+    assert metric(text, "pool_request_duration_seconds_count", op="max2d") == 5
+    assert metric(text, "pool_request_bytes_total", op="max2d") >= 20_000
+    assert metric(text, "pool_response_bytes_total", op="max2d") > 0
+    assert metric(text, "pool_rejected_total", reason="too_large") == 1
+    assert metric(text, "pool_computations_in_flight") == 0 and metric(text, "pool_queue_length") == 0
+    assert 'pool_device_info{device="cpu"' in text
+    assert "no-such-op" not in text
+
+
+def test_metrics_need_a_key_when_keys_are_set(make_client):
+    client = make_client(api_keys=["k1"])
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"x-api-key": "k1"}).status_code == 200
+
+
+def test_each_request_logs_one_json_line(client, caplog):
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}, headers={"x-request-id": "abc-1"})
+    records = [r for r in caplog.records if r.name == "app.access" and r.fields["request_id"] == "abc-1"]
+    assert len(records) == 1
+    line = json.loads(JsonLines().format(records[0]))
+    assert line["op"] == "max2d" and line["status"] == 200 and line["method"] == "POST"
+    assert line["latency_ms"] > 0 and line["bytes_in"] > 0 and line["bytes_out"] > 0
+    assert line["request_id"] == "abc-1" and line["level"] == "info" and "client" in line
+
+
+@pytest.mark.parametrize("level", ["verbose", ""])
+def test_log_level_is_checked_at_start(level):
+    from app.settings import Settings
+
+    with pytest.raises(ValueError, match="log_level"):
+        Settings(log_level=level)
