@@ -11,6 +11,7 @@ import logging
 import math
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,38 +118,66 @@ def compute(
     return to_numpy(out), to_numpy(layout.present(indices)) if indices is not None else None
 
 
-async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime) -> Response:
+@dataclass(frozen=True)
+class Decoded:
+    """A request's fields and tensors, where its parameters came from (`body` or
+    `query`, for error locations), and how its answer is to be encoded."""
+
+    fields: dict[str, Any]
+    tensors: dict[str, Tensor]
+    prefix: str
+    answer: str  # the media type negotiated for the answer
+    encode: Encoder
+
+
+Decoder = Callable[[OpSpec, bytearray, Incoming, Runtime], Decoded]
+Encoder = Callable[["Job", np.ndarray, np.ndarray | None], Response]
+
+
+async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime, decoder: Decoder | None = None) -> Response:
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
-    goes to the bounded compute pool, so cheap requests never wait behind it here."""
+    goes to the bounded compute pool, so cheap requests never wait behind it here.
+    `decoder` reads the protocol's form of the request (this service's own by default)."""
     raw = await read_body(request, runtime.max_body_bytes, runtime.bodies)
     try:
-        return await _answer(spec, request, runtime, raw)
+        return await _answer(spec, request, runtime, raw, decoder or decode_native)
     finally:
         runtime.bodies.give_back(len(raw))
 
 
-async def _answer(spec: OpSpec, request: Incoming, runtime: Runtime, raw: bytearray) -> Response:
-    kind = body_kind(request.headers.get("content-type"))
-    answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
+async def _answer(spec: OpSpec, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder) -> Response:
     executor = runtime.executor
+    gone = lambda: disconnected(request.receive)  # noqa: E731
     if len(raw) > runtime.inline_max_bytes:
-        return await executor.run(
-            _whole, spec, raw, kind, answer, request.query, runtime, gone=lambda: disconnected(request.receive)
-        )
-    job = prepare(spec, raw, kind, answer, request.query, runtime)
+        return await executor.run(_whole, spec, raw, request, runtime, decoder, gone=gone)
+    job = prepare(spec, decoder(spec, raw, request, runtime), runtime)
     if isinstance(job, Response):
         return job
     if job.elements <= runtime.inline_max_elements:
         return executor.inline(finish, job)
-    return await executor.run(finish, job, gone=lambda: disconnected(request.receive))
+    return await executor.run(finish, job, gone=gone)
 
 
-def _whole(
-    spec: OpSpec, raw: bytearray, kind: str, answer: str, query: QueryParams | None, runtime: Runtime
-) -> Response:
-    job = prepare(spec, raw, kind, answer, query, runtime)
+def _whole(spec: OpSpec, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder) -> Response:
+    job = prepare(spec, decoder(spec, raw, request, runtime), runtime)
     return job if isinstance(job, Response) else finish(job)
+
+
+def decode_native(spec: OpSpec, raw: bytearray, request: Incoming, runtime: Runtime) -> Decoded:
+    """This service's own forms: a JSON body, or a .npy/.npz body with query parameters."""
+    kind = body_kind(request.headers.get("content-type"))
+    answer = negotiate(request.headers.get("accept"), JSON if kind == "json" else NPZ)
+    if kind == "json":
+        if request.query:
+            name = next(iter(request.query.keys()))
+            raise InvalidParameters.at(
+                ("query", name), "with a JSON body, parameters go in the body", "query_with_json"
+            )
+        fields, tensors = decode_json_request(raw, spec, runtime.limits)
+        return Decoded(fields, tensors, "body", answer, native_answer)
+    fields, tensors = decode_binary_request(raw, kind, request.query or QueryParams(), spec, runtime.limits)
+    return Decoded(fields, tensors, "query", answer, native_answer)
 
 
 @dataclass(frozen=True)
@@ -163,27 +192,16 @@ class Job:
     answer: str
     encoding: str
     executor: Executor
+    encode: Encoder
 
     @property
     def elements(self) -> int:
         return sum(t.array.size for t in self.tensors.values()) + math.prod(self.plan.out_shape)
 
 
-def prepare(
-    spec: OpSpec, raw: bytearray, kind: str, answer: str, query: QueryParams | None, runtime: Runtime
-) -> Job | Response:
-    """Decode, validate and plan (a dry run's answer comes straight back)."""
-    if kind == "json":
-        if query:
-            name = next(iter(query.keys()))
-            raise InvalidParameters.at(
-                ("query", name), "with a JSON body, parameters go in the body", "query_with_json"
-            )
-        fields, tensors = decode_json_request(raw, spec, runtime.limits)
-        prefix = "body"
-    else:
-        fields, tensors = decode_binary_request(raw, kind, query or QueryParams(), spec, runtime.limits)
-        prefix = "query"
+def prepare(spec: OpSpec, decoded: Decoded, runtime: Runtime) -> Job | Response:
+    """Validate and plan (a dry run's answer comes straight back)."""
+    fields, tensors, prefix, answer = decoded.fields, decoded.tensors, decoded.prefix, decoded.answer
     x = tensors.get("input")
     key = _plan_key(spec, prefix, fields, tensors)
     prepared = runtime.plans.get(key) if key is not None else None
@@ -207,7 +225,7 @@ def prepare(
             runtime.plans.put(key, prepared)
     assert x is not None
     params = prepared.params
-    encoding = params.output_encoding or ("npy_base64" if kind != "json" else x.encoding)
+    encoding = params.output_encoding or ("npy_base64" if prefix == "query" else x.encoding)
     if x.dtype == "bfloat16" and (answer != JSON or encoding == "npy_base64"):
         raise InvalidParameters.at(
             (prefix, "output_encoding"),
@@ -216,12 +234,18 @@ def prepare(
         )
     if "random_seed" in type(params).model_fields and params.random_seed is None:
         params = params.model_copy(update={"random_seed": secrets.randbits(63)})
-    return Job(spec, params, prepared.layout, prepared.plan, tensors, answer, encoding, runtime.executor)
+    return Job(
+        spec, params, prepared.layout, prepared.plan, tensors, answer, encoding, runtime.executor, decoded.encode
+    )
 
 
 def finish(job: Job) -> Response:
     """Compute and encode; in inference mode, wherever the caller runs it."""
     out, indices = compute(job.executor, job.spec, job.params, job.plan, job.layout, job.tensors)
+    return job.encode(job, out, indices)
+
+
+def native_answer(job: Job, out: np.ndarray, indices: np.ndarray | None) -> Response:
     x = job.tensors["input"]
     return encode_response(job.spec, job.params, x.dtype, out, indices, job.answer, job.encoding, job.executor.device)
 
