@@ -95,7 +95,9 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     request_id: str | None = None,
+    v2: bool = False,
 ) -> Response:
+    """Problem details; `v2` adds the Open Inference Protocol's `error` member."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -106,6 +108,8 @@ def problem_response(
         body["errors"] = errors
     if request_id is not None:
         body["request_id"] = request_id
+    if v2:
+        body["error"] = detail
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -24,6 +24,7 @@ from app.catalogue import CATALOGUE, OpSpec
 from app.codecs import DTYPES
 from app.errors import PROBLEM_JSON, NotFound
 from app.gate import needs_key
+from app.inference import inference_router
 from app.params import TENSOR_SCHEMA, TensorField
 from app.pipeline import Runtime
 from app.settings import Settings
@@ -253,6 +254,7 @@ def install_routes(app: FastAPI, settings: Settings) -> None:
     app.router.routes.insert(0, Route("/pool/{op}", unrouted_pool, methods=["POST"], name="pool"))
     app.include_router(service_router(settings))
     app.include_router(catalogue_router())
+    app.include_router(inference_router())
     documented = operation_docs()
 
     def openapi() -> dict[str, Any]:

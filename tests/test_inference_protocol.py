@@ -1,0 +1,114 @@
+"""The Open Inference Protocol (KServe v2): tritonclient, unchanged, against a real
+server, binary and JSON, and the protocol's JSON by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from app.operations import OPERATIONS
+from tests.conftest import assert_problem
+
+X = np.random.default_rng(31).standard_normal((2, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def triton_client(server):
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+def test_server_and_models_are_live_ready_and_described(triton_client):
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert triton_client.get_server_metadata()["name"] == "pooling-service"
+    for name in ("max2d", "global-avg3d", "max-unpool1d"):
+        assert triton_client.is_model_ready(name)
+        metadata = triton_client.get_model_metadata(name)
+        assert metadata["name"] == name and metadata["inputs"][0]["name"] == "input"
+    assert [o["name"] for o in triton_client.get_model_metadata("max2d")["outputs"]] == ["output", "indices"]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_pools_as_torch_does(triton_client, binary):
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X, binary_data=binary)
+    outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("output", "indices")]
+    result = triton_client.infer(
+        "max2d", [tensor], outputs=outputs, parameters={"kernel_size": 3, "stride": 2, "padding": 1}
+    )
+    want, want_indices = F.max_pool2d(torch.from_numpy(X), 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(result.as_numpy("output"), want.numpy())
+    np.testing.assert_array_equal(result.as_numpy("indices"), want_indices.numpy())
+
+
+def test_tritonclient_defaults_to_binary_outputs_and_takes_integers(triton_client):
+    x = np.arange(2 * 10, dtype=np.int64).reshape(1, 2, 10) * 3**30
+    tensor = triton.InferInput("input", list(x.shape), "INT64")
+    tensor.set_data_from_numpy(x)
+    result = triton_client.infer("adaptive-max1d", [tensor], parameters={"output_size": 3, "return_indices": True})
+    assert result.as_numpy("output").tolist() == x[:, :, [3, 6, 9]].tolist()
+    assert result.as_numpy("indices").tolist() == [[[3, 6, 9], [3, 6, 9]]]
+
+
+def test_unpooling_takes_two_inputs(triton_client):
+    values, indices = F.max_pool1d(torch.from_numpy(X[:, :, 0]), 2, return_indices=True)
+    inputs = []
+    for name, array, datatype in (("input", values.numpy(), "FP32"), ("indices", indices.numpy(), "INT64")):
+        tensor = triton.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = triton_client.infer("max-unpool1d", inputs, parameters={"kernel_size": 2})
+    np.testing.assert_array_equal(result.as_numpy("output"), F.max_unpool1d(values, indices, 2).numpy())
+
+
+def test_unknown_parameters_are_refused_by_name(triton_client):
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)
+    with pytest.raises(InferenceServerException, match="kernal_size"):
+        triton_client.infer("max2d", [tensor], parameters={"kernal_size": 2})
+
+
+def test_protocol_json_by_hand(client):
+    body = {
+        "id": "r-1",
+        "parameters": {"kernel_size": 2, "return_indices": True},
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 5, 3, 2]}],
+    }
+    answer = client.post("/v2/models/max2d/infer", json=body).json()
+    assert answer["model_name"] == "max2d" and answer["id"] == "r-1"
+    assert answer["outputs"] == [
+        {"name": "output", "datatype": "FP32", "shape": [1, 1, 1, 1], "data": [5.0]},
+        {"name": "indices", "datatype": "INT64", "shape": [1, 1, 1, 1], "data": [1]},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        ({"parameters": {"kernel_size": 2, "colour": 1}, "inputs": []}, 400, "colour"),
+        ({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [1]}]}, 400, "pixels"),
+        ({"inputs": [{"name": "input", "shape": [1, 1, 2], "datatype": "FP32", "data": [1, 2, 3]}]}, 400, "shape"),
+        ({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, 422, "datatype"),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+            422,
+            "kernel_size",
+        ),
+        ({"input": [1]}, 400, "input"),
+    ],
+)
+def test_protocol_errors_carry_the_error_member(client, body, status, names):
+    response = client.post("/v2/models/max1d/infer", json=body)
+    problem = assert_problem(response, status)
+    assert problem["error"] == problem["detail"] and names in response.text
+
+
+def test_every_operation_is_a_model(client):
+    for name in OPERATIONS:
+        assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
+    assert_problem(client.get("/v2/models/max9d"), 404)
