@@ -31,6 +31,7 @@ class Family:
     has_indices: bool = False  # argmax indices on request
     extra_tensors: tuple[str, ...] = ()  # tensors besides `input`
     examples: Callable[[int], dict[str, dict[str, Any]]] = field(default=lambda rank: {})
+    meaning: str = ""  # what it computes and what it is for, for the docs
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ FAMILIES: tuple[Family, ...] = (
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.max_examples,
+        meaning=(
+            "Each window keeps only its largest value: the strongest response of a feature survives while its"
+            " exact position within the window is forgotten, which makes the map smaller and slightly shift-"
+            "invariant. The argmax `indices` say where each maximum came from (what max-unpooling needs)."
+        ),
     ),
     Family(
         "avg",
@@ -68,6 +74,10 @@ FAMILIES: tuple[Family, ...] = (
         "Average pooling",
         (*SLIDING, "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override"),
         examples=examples.avg_examples,
+        meaning=(
+            "Each window is replaced by the mean of its cells: every value contributes, so it smooths and "
+            "mixes rather than selects, and keeps the overall level of the map."
+        ),
     ),
     Family(
         "lp",
@@ -76,6 +86,10 @@ FAMILIES: tuple[Family, ...] = (
         "Power-average (Lp) pooling",
         ("norm_type", *SLIDING, "padding", "dilation", "ceil_mode", "absolute"),
         examples=examples.lp_examples,
+        meaning=(
+            "The Lp norm of each window, (sum of x^p)^(1/p): p = 1 is a sum, large p approaches max, p = "
+            "Infinity is max |x|; a tunable blend between average and max pooling."
+        ),
     ),
     Family(
         "adaptive-max",
@@ -86,6 +100,10 @@ FAMILIES: tuple[Family, ...] = (
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.adaptive_max_examples,
+        meaning=(
+            "Max pooling with windows chosen so the output has a given size whatever the input size: window i"
+            " spans [floor(i·L/n), ceil((i+1)·L/n))."
+        ),
     ),
     Family(
         "adaptive-avg",
@@ -94,6 +112,7 @@ FAMILIES: tuple[Family, ...] = (
         "Adaptive average pooling to a fixed output size",
         ("adaptive_output_size",),
         examples=examples.adaptive_avg_examples,
+        meaning="Average pooling with windows chosen so the output has a given size whatever the input size.",
     ),
     Family(
         "global-max",
@@ -104,6 +123,9 @@ FAMILIES: tuple[Family, ...] = (
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.global_examples,
+        meaning=(
+            "The largest value of each channel over all its positions: one number per feature map, whatever its size."
+        ),
     ),
     Family(
         "global-avg",
@@ -112,6 +134,11 @@ FAMILIES: tuple[Family, ...] = (
         "Global average pooling: each channel to one value",
         ("keepdims",),
         examples=examples.global_examples,
+        meaning=(
+            "The mean of each channel over all its positions: one number per feature map. Ahead of a "
+            "classifier it replaces flattening and a large dense layer: no weights, any input size, less "
+            "overfitting."
+        ),
     ),
     Family(
         "fractional-max",
@@ -121,6 +148,10 @@ FAMILIES: tuple[Family, ...] = (
         ("kernel_size", "fractional_output_size", "output_ratio", "return_indices", "indices_layout", "random_seed"),
         has_indices=True,
         examples=examples.fractional_examples,
+        meaning=(
+            "Max pooling by a non-integer factor: pseudo-random window sizes of 1 or 2 steps, fixed by "
+            "`random_seed`, reduce the map by any ratio."
+        ),
     ),
     Family(
         "max-unpool",
@@ -131,6 +162,10 @@ FAMILIES: tuple[Family, ...] = (
         dtypes=DTYPES,
         extra_tensors=("indices",),
         examples=examples.unpool_examples,
+        meaning=(
+            "The partial inverse of max pooling: each value goes back to the position its `indices` name, "
+            "zeros elsewhere."
+        ),
     ),
 )
 

@@ -92,8 +92,8 @@ def _describe(spec: OpSpec) -> str:
     dtypes = ", ".join(family.dtypes)
     text = (
         f"{family.summary} over {spec.rank} spatial dimension{'s' if spec.rank > 1 else ''}, "
-        f"as `{spec.reference}`.\n\nInput layout `(N, C, *spatial)` or unbatched `(C, *spatial)`. "
-        f"Dtypes: {dtypes}."
+        f"as `{spec.reference}`.\n\n{family.meaning}\n\nInput layout `(N, C, *spatial)` or unbatched "
+        f'`(C, *spatial)`, or `data_format: "channels_last"`. Dtypes: {dtypes}.'
     )
     if family.has_indices:
         text += " With `return_indices`, `indices` holds the argmax positions (flat within each spatial plane)."
@@ -151,6 +151,7 @@ def catalogue_listing() -> dict[str, Any]:
                 "rank": spec.rank,
                 "reference": spec.reference,
                 "summary": spec.family.summary,
+                "meaning": spec.family.meaning,
                 "dtypes": list(spec.family.dtypes),
                 "returns_indices": spec.family.has_indices,
                 "tensors": ["input", *spec.family.extra_tensors],

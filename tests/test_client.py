@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.catalogue import CATALOGUE
 from app.client import AsyncPoolClient, PoolClient, PoolError
 from app.main import create_app
 from app.operations import OPERATIONS
@@ -100,3 +101,48 @@ def test_503_is_retried_after_its_retry_after():
     with PoolClient(http=refusing, retries=1) as client, pytest.raises(PoolError) as caught:
         client.max1d(np.array([[[1.0, 2.0]]]), kernel_size=2)
     assert caught.value.status == 503
+
+
+def _case_inputs(name):
+    """The first sample case of an op, its input (and indices) and torch's answer."""
+    from tests.reference import cases, reference, sample, unpool_inputs
+
+    spec = CATALOGUE[name]
+    case = cases(spec)[0]
+    if spec.family.extra_tensors:
+        values, indices = unpool_inputs(spec, case, torch.float32)
+        x, extra = values.numpy(), indices.numpy()
+    else:
+        x, extra = sample(case.shape(), "float32"), None
+    want, want_indices = reference(
+        spec, torch.from_numpy(x), case.params, torch.from_numpy(extra) if extra is not None else None
+    )
+    return case.params, x, extra, want.numpy(), None if want_indices is None else want_indices.numpy()
+
+
+def _check(result, want, want_indices):
+    output, indices = result if isinstance(result, tuple) else (result, None)
+    np.testing.assert_allclose(output, want, rtol=1e-5, atol=1e-6)
+    if want_indices is not None:
+        np.testing.assert_array_equal(indices, want_indices)
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_sync_client_every_operation(server, name):
+    params, x, extra, want, want_indices = _case_inputs(name)
+    with PoolClient(server) as client:
+        _check(getattr(client, OPERATIONS[name].method)(x, indices=extra, **params), want, want_indices)
+
+
+def test_async_client_every_operation():
+    app = create_app(Settings(device="cpu", torch_threads=1))
+
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pool")
+        async with AsyncPoolClient(http=http, transport="json") as client:
+            for name, operation in OPERATIONS.items():
+                params, x, extra, want, want_indices = _case_inputs(name)
+                _check(await getattr(client, operation.method)(x, indices=extra, **params), want, want_indices)
+
+    asyncio.run(scenario())
+    app.state.runtime.executor.close()
