@@ -112,3 +112,27 @@ def test_every_operation_is_a_model(client):
     for name in OPERATIONS:
         assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
     assert_problem(client.get("/v2/models/max9d"), 404)
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16"])
+def test_every_datatype_pooling_takes_as_json(client, datatype):
+    body = {
+        "parameters": {"kernel_size": 2},
+        "inputs": [{"name": "input", "shape": [1, 1, 4], "datatype": datatype, "data": [1, 7, 3, 2]}],
+    }
+    output = client.post("/v2/models/max1d/infer", json=body).json()["outputs"][0]
+    assert output == {"name": "output", "datatype": datatype, "shape": [1, 1, 2], "data": [7, 3]}
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "BF16", "INT16"])
+def test_binary_tensors_in_half_and_integer_datatypes(triton_client, datatype):
+    x = np.array([[[1.5, -2.0, 3.25, 0.5]]], dtype=np.float32)
+    tensor = triton.InferInput("input", list(x.shape), datatype)
+    if datatype == "BF16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")  # tritonclient's own bfloat16 comes from it
+        tensor.set_data_from_numpy(x.astype(ml_dtypes.bfloat16))
+    else:
+        tensor.set_data_from_numpy(x.astype(np.float16 if datatype == "FP16" else np.int16))
+    result = triton_client.infer("max1d", [tensor], parameters={"kernel_size": 2})
+    expected = [1.5, 3.25] if datatype != "INT16" else [1, 3]
+    assert result.as_numpy("output").astype(np.float64).ravel().tolist() == expected
