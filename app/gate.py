@@ -9,16 +9,16 @@ wrong with it; keys are compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.catalogue import CATALOGUE
 from app.errors import problem_response
 from app.settings import Settings
-from app.telemetry import Metrics, log_request
+from app.telemetry import ACCESS_LOG, Metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
@@ -99,7 +99,7 @@ class Gate:
         if op is not None:
             self._metrics.observe(op, status, seconds, bytes_in, bytes_out)
         client = scope.get("client")
-        log_request(
+        ACCESS_LOG.emit(
             {
                 "request_id": rid,
                 "method": scope["method"],
@@ -142,4 +142,4 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

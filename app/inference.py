@@ -282,7 +282,9 @@ def inference_router() -> APIRouter:
     async def ready(request: Request) -> dict[str, bool]:
         return {"ready": getattr(request.app.state, "runtime", None) is not None}
 
-    unknown = {404: {"description": "No such model", "content": {"application/problem+json": {}}}}
+    unknown: dict[int | str, dict[str, Any]] = {
+        404: {"description": "No such model", "content": {"application/problem+json": {}}}
+    }
 
     @router.get("/models/{op}", summary="Model metadata", operation_id="v2-model", responses=unknown)
     async def metadata(op: str) -> dict[str, Any]:

@@ -15,10 +15,10 @@ import torch
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.asgi import PoolEndpoint
+from app.asgi import PoolEndpoint, route
 from app.codecs import Limits
 from app.docs import install_docs
 from app.errors import install_error_handlers
@@ -55,6 +55,20 @@ class PoolingApp(FastAPI):
                 expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After"],
             )
         return Gate(inner, settings, self.state.metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if route(scope) is None:
+            await super().__call__(scope, receive, send)
+            return
+        # Pooling requests go straight to the stack: FastAPI's own entry looks up its
+        # OpenTelemetry configuration on every request, which costs more than the pooling
+        # of a small tensor; the service meters these requests itself.
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -61,7 +61,9 @@ def server(app: str, threads: int) -> Iterator[tuple[int, int]]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    # The server's logs (a JSON line per request, as deployed) go to a file, not the report.
+    log = tempfile.NamedTemporaryFile("wb", prefix="pool-bench-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -74,6 +76,8 @@ def server(app: str, threads: int) -> Iterator[tuple[int, int]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
+        os.unlink(log.name)
 
 
 def post(connection: http.client.HTTPConnection, path: str, body: bytes, content_type: str, accept: str) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 
 import pytest
 
-from app.telemetry import JsonLines
+from app.telemetry import ACCESS_LOG, JsonLines
 
 GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
 
@@ -49,15 +50,23 @@ def test_metrics_need_a_key_when_keys_are_set(make_client):
     assert client.get("/metrics", headers={"x-api-key": "k1"}).status_code == 200
 
 
-def test_each_request_logs_one_json_line(client, caplog):
-    with caplog.at_level(logging.INFO, logger="app.access"):
-        client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}, headers={"x-request-id": "abc-1"})
-    records = [r for r in caplog.records if r.name == "app.access" and r.fields["request_id"] == "abc-1"]
-    assert len(records) == 1
-    line = json.loads(JsonLines().format(records[0]))
+def test_each_request_logs_one_json_line(client, monkeypatch):
+    stream = io.BytesIO()
+    monkeypatch.setattr(ACCESS_LOG, "_stream", stream)
+    client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}, headers={"x-request-id": "abc-1"})
+    ACCESS_LOG.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    mine = [line for line in lines if line["request_id"] == "abc-1"]
+    assert len(mine) == 1
+    line = mine[0]
     assert line["op"] == "max2d" and line["status"] == 200 and line["method"] == "POST"
     assert line["latency_ms"] > 0 and line["bytes_in"] > 0 and line["bytes_out"] > 0
-    assert line["request_id"] == "abc-1" and line["level"] == "info" and "client" in line
+    assert line["level"] == "info" and line["logger"] == "app.access" and line["client"]
+
+
+def test_error_logs_are_json_lines_too(caplog):
+    record = logging.LogRecord("app.errors", logging.ERROR, __file__, 1, "boom %s", ("x",), None)
+    assert json.loads(JsonLines().format(record))["message"] == "boom x"
 
 
 @pytest.mark.parametrize("level", ["verbose", ""])
