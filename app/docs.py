@@ -1,5 +1,6 @@
-"""The docs pages (/docs, /redoc) from assets bundled with the service, so they work
-on a machine with no internet (FastAPI's defaults load them from a CDN)."""
+"""The pages a person opens: the docs (/docs, /redoc) from assets bundled with the
+service, so they work on a machine with no internet (FastAPI's defaults load them
+from a CDN), and the playground (/playground), one self-contained file."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import HTMLResponse
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui and redoc, as the package ships them
 ASSETS_URL = "/docs-assets"
+PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
 
 
 def install_docs(app: FastAPI) -> None:
@@ -46,3 +48,11 @@ def install_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+
+
+def install_playground(app: FastAPI) -> None:
+    page = PLAYGROUND.read_text(encoding="utf-8")  # read once
+
+    @app.get("/playground", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(page)

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.asgi import PoolEndpoint, route
 from app.codecs import Limits
-from app.docs import install_docs
+from app.docs import install_docs, install_playground
 from app.errors import install_error_handlers
 from app.execution import Executor
 from app.gate import Gate
@@ -115,11 +115,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     install_docs(app)
+    install_playground(app)
     install_routes(app, settings)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/playground")
 
     return app
 

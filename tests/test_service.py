@@ -92,6 +92,8 @@ def test_docs_pages_load_only_bundled_assets(client):
             assert client.get(source).status_code == 200, source
 
 
-def test_root_leads_to_the_docs(client):
+def test_root_leads_to_the_playground_which_links_the_docs(client):
     response = client.get("/", follow_redirects=False)
-    assert response.status_code in (302, 307) and response.headers["location"] == "/docs"
+    assert response.status_code in (302, 307) and response.headers["location"] == "/playground"
+    page = client.get("/playground").text
+    assert 'href="/docs"' in page and "<script src=" not in page and "http" not in page.split("<script>")[0]

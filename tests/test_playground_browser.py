@@ -1,0 +1,108 @@
+"""The playground page in headless Chromium, against a real server: the worked example,
+a typed grid with its argmax, the image mode, an error beside its field, phone width."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright comes with the test extras")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def page(server):
+    elsewhere: list[str] = []
+    problems: list[str] = []
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page(viewport={"width": 1280, "height": 1400})
+
+        def only_the_service(route):  # type: ignore[no-untyped-def]
+            if route.request.url.startswith(server):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort()
+
+        tab.route("**/*", only_the_service)
+        tab.on("pageerror", lambda error: problems.append(str(error)))
+        tab.goto(f"{server}/")  # the root leads here
+        tab.wait_for_selector("[data-testid=output-cell]")
+        yield tab
+        browser.close()
+    assert elsewhere == [] and problems == []
+
+
+def outputs(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return page.locator("[data-testid=output-cell]").all_inner_texts()
+
+
+def winners(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return page.locator("[data-testid=argmax-cell] input").evaluate_all("cells => cells.map(c => c.value)")
+
+
+def test_the_worked_example_is_shown_on_load(page):
+    assert page.locator("[data-testid=op-select]").input_value() == "max2d"
+    assert outputs(page) == ["6", "8", "3", "4"]
+    assert winners(page) == ["6", "8", "3", "4"]
+    page.locator("[data-testid=output-cell]").nth(1).hover()  # its window lights up
+    assert page.locator(".cell.window").count() == 4
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground-example.png"), full_page=True)
+
+
+def test_a_typed_grid_is_pooled_with_its_argmax(page):
+    values = [3, 0, 1, 2, 9, 4, 0, 0, 5, 5, 6, 1, 0, 7, 2, 8]
+    cells = page.locator("[data-testid=input-cell]")
+    for index, value in enumerate(values):
+        cells.nth(index).fill(str(value))
+        cells.nth(index).press("Tab")
+        page.wait_for_timeout(30)
+    page.locator("[data-testid=run]").click()
+    page.wait_for_function("document.querySelectorAll('[data-testid=output-cell]')[0].textContent === '9'")
+    assert outputs(page) == ["9", "2", "7", "8"]  # windows of rows 0-1 and 2-3, columns 0-1 and 2-3
+    assert sorted(winners(page)) == ["2", "7", "8", "9"]
+
+
+def test_an_invalid_parameter_shows_its_error_beside_it(page):
+    page.fill("#param-kernel_size", "0")
+    page.locator("[data-testid=run]").click()
+    error = page.locator("label[data-param=kernel_size] [data-testid=error]")
+    error.wait_for()
+    assert "greater than or equal to 1" in error.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "playground-error.png"), full_page=True)
+
+
+def test_image_mode_pools_the_sample_through_the_api(page):
+    page.click("#image-sample")
+    page.locator("[data-testid=image-run]").click()
+    page.wait_for_function("document.querySelector('[data-testid=image-output-size]').textContent !== ''")
+    assert page.locator("[data-testid=image-output-size]").inner_text() == "32×32"
+    page.locator("#image-out").screenshot(path=str(ARTIFACTS / "playground-image.png"))
+
+
+def test_translation_demo_keeps_the_max_and_moves_the_average(page):
+    maxima = []
+    for _ in range(4):
+        page.click("#translate")
+        page.wait_for_timeout(150)
+        maxima.append(outputs(page)[0])
+    assert maxima == ["9", "9", "9", "9"]
+    page.select_option("[data-testid=op-select]", "avg2d")
+    page.wait_for_timeout(200)
+    page.click("#translate")
+    page.wait_for_timeout(200)
+    assert outputs(page)[0] == "2.25"
+
+
+def test_readable_at_phone_width(page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.locator("[data-testid=output-cell]").first.is_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 420
+    page.screenshot(path=str(ARTIFACTS / "playground-phone.png"), full_page=True)
