@@ -106,3 +106,12 @@ def test_readable_at_phone_width(page):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 420
     page.screenshot(path=str(ARTIFACTS / "playground-phone.png"), full_page=True)
+
+
+def test_keyboard_alone_reaches_the_windows(page):
+    page.locator("[data-testid=output-cell]").nth(3).focus()  # output cells take focus, as Tab reaches them
+    assert page.locator(".cell.window").count() == 4
+    page.keyboard.press("Shift+Tab")
+    page.wait_for_timeout(50)
+    assert page.evaluate("document.activeElement.dataset.testid") == "output-cell"
+    assert page.locator(".cell.window").count() == 4  # the previous cell's window now
