@@ -1,27 +1,63 @@
 """`python -m app`: the service under uvicorn, with uvloop and httptools, as the
-settings say (POOL_HOST, POOL_PORT, POOL_WORKERS)."""
+settings say (POOL_HOST, POOL_PORT, POOL_WORKERS, POOL_DRAIN_S, POOL_SHUTDOWN_GRACE_S).
+
+On SIGTERM (an orchestrator stopping a replica) it drains first: /readyz turns
+unready at once while requests are still served for `drain_s`, so a load
+balancer notices and stops sending; then uvicorn stops accepting connections
+and lets in-flight requests finish for up to `shutdown_grace_s`, and exits.
+"""
 
 from __future__ import annotations
 
+import signal
+import time
+from types import FrameType
+from typing import Any
+
 import uvicorn
 
+from app import lifecycle
 from app.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+        super().__init__(config)
+        self._drain_s = drain_s
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self._exit_at is None and self._drain_s > 0:
+            lifecycle.draining = True
+            self._exit_at = time.monotonic() + self._drain_s
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self._exit_at = float("inf")
+            super().handle_exit(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
 
 def main() -> None:
     settings = Settings()
-    uvicorn.run(
-        "app.main:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        server_header=False,
-        date_header=True,
-        access_log=False,  # the service logs each request itself, as JSON lines
-        log_level=settings.log_level,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "server_header": False,
+        "access_log": False,  # the service logs each request itself, as JSON lines
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+    }
+    if settings.workers > 1:
+        # uvicorn's supervisor runs the workers; each still lets in-flight requests finish.
+        uvicorn.run("app.main:app", **options)
+        return
+    DrainingServer(uvicorn.Config("app.main:app", **options), settings.drain_s).run()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from app import __version__
+from app import __version__, lifecycle
 from app.catalogue import CATALOGUE, OpSpec
 from app.codecs import DTYPES
 from app.errors import PROBLEM_JSON, NotFound
@@ -218,6 +218,8 @@ def service_router(settings: Settings) -> APIRouter:
 
     @router.get("/readyz", summary="Ready to compute", operation_id="readyz")
     async def readyz(request: Request) -> Response:
+        if lifecycle.draining:
+            return json_response({"status": "draining"}, 503)
         ready = getattr(request.app.state, "runtime", None) is not None
         return json_response({"status": "ready" if ready else "starting"}, 200 if ready else 503)
 

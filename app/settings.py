@@ -27,6 +27,18 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, description="Server processes; each holds its own compute pool of max_concurrency threads."
     )
+    drain_s: float = Field(
+        5,
+        ge=0,
+        description="On SIGTERM, seconds /readyz answers 503 while requests are still served, so load balancers "
+        "stop sending before the listener closes.",
+    )
+    shutdown_grace_s: int = Field(
+        20,
+        ge=1,
+        description="Then, seconds in-flight requests may take to finish before they are cancelled. "
+        "drain_s + shutdown_grace_s stays below Kubernetes' terminationGracePeriodSeconds (30).",
+    )
     device: str = Field(
         "auto",
         description="Where tensors are pooled: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",

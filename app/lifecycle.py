@@ -1,0 +1,3 @@
+"""Whether this process is draining: set on SIGTERM by `python -m app`, read by /readyz."""
+
+draining = False
