@@ -27,6 +27,8 @@ def test_compose_settings_are_real_settings_and_build_an_app(monkeypatch):
     assert set(environment) <= fields, set(environment) - fields
     for key, value in environment.items():
         monkeypatch.setenv(key, value.replace("${POOL_API_KEYS:-}", ""))
+    drain, grace = float(environment["POOL_DRAIN_S"]), float(environment["POOL_SHUTDOWN_GRACE_S"])
+    assert drain + grace < int(_compose_service()["stop_grace_period"].rstrip("s"))
     settings = Settings()
     assert settings.device == "cpu" and settings.max_concurrency == 2 and settings.api_keys == []
     app = create_app(settings)
@@ -36,7 +38,9 @@ def test_compose_settings_are_real_settings_and_build_an_app(monkeypatch):
 def test_compose_and_dockerfile_agree_on_port_healthcheck_and_command():
     service = _compose_service()
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert service["ports"] == ["8000:8000"] and "EXPOSE 8000" in dockerfile
+    nginx = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["nginx"]
+    assert nginx["ports"] == ["8000:8080"] and "EXPOSE 8000" in dockerfile
+    assert "server pooling:8000" in (ROOT / "deploy" / "nginx" / "upstreams.conf").read_text()
     assert "/healthz" in " ".join(service["healthcheck"]["test"]) and "/healthz" in dockerfile
     assert 'CMD ["python", "-m", "app"]' in dockerfile and "POOL_HOST=0.0.0.0" in dockerfile
     assert "POOL_PORT=8000" in dockerfile

@@ -1,0 +1,158 @@
+"""Three replicas behind nginx (Debian's, with the project's configuration) on loopback
+ports, under a bounded mixed load, while one replica is killed with SIGKILL and later
+restarted and another is stopped with SIGTERM: every request gets torch's answer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import _free_port
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+pytestmark = pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed (.ci/run installs it)")
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
+
+
+def _wait(url: str, deadline: float = 60) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never became ready")
+
+
+class Replica:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log = port, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1", "POOL_PORT": str(self.port)}
+        env.update(POOL_DRAIN_S="1", POOL_SHUTDOWN_GRACE_S="5", POOL_LOG_LEVEL="warning")
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        _wait(f"http://127.0.0.1:{self.port}/readyz")
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    replicas = [Replica(_free_port(), tmp_path / f"replica-{i}.log") for i in range(3)]
+    for replica in replicas:
+        replica.start()
+    port = _free_port()
+    (tmp_path / "upstreams.conf").write_text(
+        "".join(f"server 127.0.0.1:{r.port} max_fails=1 fail_timeout=2s;\n" for r in replicas)
+    )
+    config = (DEPLOY / "nginx.conf").read_text().replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    config = config.replace("/tmp/", f"{tmp_path}/")
+    if os.geteuid() == 0:
+        config = "user root;\n" + config  # its workers write body buffers under tmp_path
+    (tmp_path / "nginx.conf").write_text(config)
+    log = (tmp_path / "nginx.log").open("wb")
+    nginx = subprocess.Popen(
+        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/nginx-health")
+        yield f"http://127.0.0.1:{port}", replicas
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=30)
+        log.close()
+        for replica in replicas:
+            replica.stop()
+
+
+def test_nothing_is_lost_when_replicas_die_and_stop(cluster):
+    url, replicas = cluster
+    rng = np.random.default_rng(8)
+    tiny = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    medium = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)
+    jobs = [
+        ("max2d", tiny, {"kernel_size": 2}, F.max_pool2d(torch.from_numpy(tiny), 2)),
+        (
+            "avg2d",
+            medium,
+            {"kernel_size": 3, "padding": "same", "stride": 1},
+            F.avg_pool2d(torch.from_numpy(medium), 3, 1, 1, count_include_pad=False),
+        ),
+    ]
+    total = 300
+    done = {"count": 0}
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def one(index: int) -> str:
+        op, x, params, want = jobs[index % 2]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for _attempt in range(6):  # a clean 503 is retried, as its Retry-After says
+                try:
+                    response = http.post(f"/pool/{op}", json={"input": x.tolist(), **params})
+                except httpx.TransportError:
+                    outcome = "transport error"
+                    break
+                if response.status_code == 503:
+                    time.sleep(float(response.headers.get("retry-after", "1")) / 4)
+                    continue
+                got = np.array(response.json()["output"], dtype=np.float32) if response.status_code == 200 else None
+                right = got is not None and np.allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+                outcome = "right" if right else f"wrong ({response.status_code})"
+                break
+            else:
+                outcome = "503 six times"
+        with lock:
+            done["count"] += 1
+        return outcome
+
+    def chaos() -> None:
+        def when(count: int) -> None:
+            while done["count"] < count:
+                time.sleep(0.01)
+
+        when(total // 5)
+        replicas[0].signal(signal.SIGKILL)  # dies mid-load, with requests in flight
+        when(2 * total // 5)
+        replicas[0].process.wait(timeout=30)
+        replicas[0].start()  # and comes back
+        when(3 * total // 5)
+        replicas[1].signal(signal.SIGTERM)  # drains and stops
+
+    chaos_thread = threading.Thread(target=chaos, daemon=True)
+    chaos_thread.start()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(one, range(total)))
+    chaos_thread.join(timeout=60)
+    # Drained, then uvicorn's graceful shutdown, which ends by re-raising the SIGTERM it caught.
+    assert replicas[1].process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert outcomes.count("right") == total, {o: outcomes.count(o) for o in set(outcomes)}
