@@ -66,3 +66,46 @@ def test_dockerfile_passes_hadolint():
         pytest.skip("hadolint is not installed (it comes with the test extras)")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+K8S = ROOT / "deploy" / "k8s"
+
+
+def _manifests() -> dict[str, dict]:
+    return {doc["kind"]: doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())}
+
+
+def test_kubernetes_manifests_are_valid():
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate comes with the test extras"
+    )
+    manifests = _manifests()
+    assert set(manifests) == {
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    for manifest in manifests.values():
+        kubernetes_validate.validate(manifest, "1.30.0", strict=True)
+
+
+def test_kubernetes_deployment_probes_limits_settings_and_grace_agree_with_the_service():
+    manifests = _manifests()
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["cpu"] and container["resources"]["requests"]["memory"]
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    settings = manifests["ConfigMap"]["data"]
+    fields = {f"POOL_{name.upper()}" for name in Settings.model_fields}
+    assert set(settings) <= fields and "POOL_API_KEYS" in manifests["Secret"]["stringData"]
+    assert (
+        float(settings["POOL_DRAIN_S"]) + float(settings["POOL_SHUTDOWN_GRACE_S"])
+        < pod["terminationGracePeriodSeconds"]
+    )
+    assert settings["POOL_TORCH_THREADS"] == container["resources"]["limits"]["cpu"]  # no oversubscription
+    assert manifests["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
