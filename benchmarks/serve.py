@@ -105,14 +105,14 @@ def memory_kib(pid: int, field: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def wrk(port: int, body: bytes, seconds: int) -> dict[str, float]:
+def wrk(port: int, body: bytes, seconds: int, connections: int = 32) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\n'
             'wrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {orjson.dumps(body.decode()).decode()}\n"
         )
-    command = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", script.name]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name]
     output = subprocess.run([*command, f"http://127.0.0.1:{port}/pool/max2d"], capture_output=True, text=True).stdout
     os.unlink(script.name)
 
