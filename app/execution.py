@@ -32,6 +32,7 @@ TORCH_DTYPE = {
     "int64": torch.int64,
 }
 _HALF = (torch.float16, torch.bfloat16)
+PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
 
 
 class DeviceUnavailable(RuntimeError):
@@ -109,10 +110,15 @@ class Executor:
             return fn(*args)
 
     def to_device(self, array: np.ndarray, dtype: str) -> torch.Tensor:
+        """The array on the device, copied once; large ones through pinned host memory,
+        which the GPU reads at full speed (the answer's copy back synchronises)."""
         tensor = torch.from_numpy(array)
         target = TORCH_DTYPE[dtype]
-        if tensor.dtype == target and self.device.type == "cpu":
-            return tensor  # already there: skip even the no-op call
+        if self.device.type == "cpu":
+            return tensor if tensor.dtype == target else tensor.to(dtype=target)  # no copy when it fits
+        if self.device.type == "cuda" and array.nbytes >= PINNED_FROM_BYTES:
+            tensor = tensor.pin_memory()
+            return tensor.to(device=self.device, dtype=target, non_blocking=True)
         return tensor.to(device=self.device, dtype=target)
 
     def close(self) -> None:
@@ -128,13 +134,20 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
-def with_half_fallback(compute: Callable[..., Any], x: torch.Tensor, *args: Any) -> Any:
-    """Run `compute`; where torch lacks a float16/bfloat16 kernel on this device
-    (avg_pool3d on the CPU), run it in float32 and round the result back."""
+def with_fallbacks(compute: Callable[..., Any], x: torch.Tensor, params: Any, plan: Any, extra: dict[str, Any]) -> Any:
+    """Run `compute`, and where torch has no kernel for the dtype on this device:
+
+    - float16/bfloat16 (avg_pool3d on the CPU): in float32, rounded back;
+    - integers on a GPU (torch's CUDA max pooling takes floats only): on the CPU,
+      exactly, the result staying there for the answer."""
     try:
-        return compute(x, *args)
+        return compute(x, params, plan, extra)
     except (RuntimeError, NotImplementedError) as exc:
-        if x.dtype not in _HALF or "not implemented for" not in str(exc):
+        if "not implemented for" not in str(exc):
             raise
-    out, indices = compute(x.float(), *args)
-    return out.to(x.dtype), indices
+    if x.dtype in _HALF:
+        out, indices = compute(x.float(), params, plan, extra)
+        return out.to(x.dtype), indices
+    if x.device.type != "cpu" and not x.is_floating_point():
+        return compute(x.cpu(), params, plan, {name: value.cpu() for name, value in extra.items()})
+    raise NotImplementedError(f"no kernel for {x.dtype} on {x.device}")

@@ -26,7 +26,7 @@ from app import codecs
 from app.catalogue import OpSpec
 from app.codecs import Limits, Tensor
 from app.errors import InvalidParameters, TooLarge, validation_problem
-from app.execution import Executor, to_numpy, with_half_fallback
+from app.execution import Executor, to_numpy, with_fallbacks
 from app.kernels import Plan
 from app.layout import Layout, global_indices
 from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
@@ -106,7 +106,7 @@ def compute(
         name: layout.canonical(executor.to_device(tensors[name].array, "int64")) for name in spec.family.extra_tensors
     }
     try:
-        out, indices = with_half_fallback(spec.compute, tensor, params, plan, extra)
+        out, indices = with_fallbacks(spec.compute, tensor, params, plan, extra)
     except (RuntimeError, ValueError) as exc:
         # The pre-checks should have caught this; never let it become a 500.
         log.warning("%s refused by torch after validation: %s", spec.name, exc)

@@ -78,6 +78,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait(timeout=30)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quiet_access_log() -> Iterator[None]:
+    """In-process apps' request lines go nowhere (a test that reads them sets its own
+    stream), so nothing is written after pytest's closing summary."""
+    from app.telemetry import ACCESS_LOG
+
+    ACCESS_LOG._stream = io.BytesIO()
+    yield
+    ACCESS_LOG.flush()
+
+
 @pytest.fixture(scope="session")
 def client() -> Iterator[Client]:
     test_client = Client()
