@@ -120,6 +120,11 @@ class _Methods:
     def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Any:
         raise NotImplementedError
 
+    def _setup(self, api_key: str | None, transport: str, retries: int) -> dict[str, str]:
+        """Keep the options; the headers every request carries."""
+        self._transport, self._retries = transport, retries
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
     @staticmethod
     def _method(operation: Operation) -> Callable[..., Any]:
         def method(self: _Methods, x: Any = None, *, indices: Any = None, **params: Any) -> Any:
@@ -146,9 +151,8 @@ class PoolClient(_Methods):
         timeout: float = 60.0,
         http: httpx.Client | None = None,
     ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = self._setup(api_key, transport, retries)
         self._http = http or httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
-        self._transport, self._retries = transport, retries
 
     def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Result:
         call = build_call(OPERATIONS[op], x, indices, params, self._transport)
@@ -182,9 +186,8 @@ class AsyncPoolClient(_Methods):
         timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = self._setup(api_key, transport, retries)
         self._http = http or httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
-        self._transport, self._retries = transport, retries
 
     async def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Result:  # type: ignore[override]
         call = build_call(OPERATIONS[op], x, indices, params, self._transport)

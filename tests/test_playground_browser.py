@@ -3,38 +3,19 @@ a typed grid with its argmax, the image mode, an error beside its field, phone w
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright comes with the test extras")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+from tests.browser import ARTIFACTS, needs_chromium, offline_page
+
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def page(server):
-    elsewhere: list[str] = []
-    problems: list[str] = []
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        tab = browser.new_page(viewport={"width": 1280, "height": 1400})
-
-        def only_the_service(route):  # type: ignore[no-untyped-def]
-            if route.request.url.startswith(server):
-                route.continue_()
-            else:
-                elsewhere.append(route.request.url)
-                route.abort()
-
-        tab.route("**/*", only_the_service)
-        tab.on("pageerror", lambda error: problems.append(str(error)))
+    with offline_page(server) as (tab, elsewhere, problems):
         tab.goto(f"{server}/")  # the root leads here
         tab.wait_for_selector("[data-testid=output-cell]")
         yield tab
-        browser.close()
     assert elsewhere == [] and problems == []
 
 
@@ -52,7 +33,6 @@ def test_the_worked_example_is_shown_on_load(page):
     assert winners(page) == ["6", "8", "3", "4"]
     page.locator("[data-testid=output-cell]").nth(1).hover()  # its window lights up
     assert page.locator(".cell.window").count() == 4
-    ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground-example.png"), full_page=True)
 
 
