@@ -120,10 +120,13 @@ class _Methods:
     def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Any:
         raise NotImplementedError
 
-    def _setup(self, api_key: str | None, transport: str, retries: int) -> dict[str, str]:
-        """Keep the options; the headers every request carries."""
+    _http: httpx.Client | httpx.AsyncClient
+
+    def _setup(self, api_key: str | None, transport: str, retries: int) -> None:
+        """Keep the options; an API key goes on every request, a given `http` client's too."""
         self._transport, self._retries = transport, retries
-        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+        if api_key:
+            self._http.headers["authorization"] = f"Bearer {api_key}"
 
     @staticmethod
     def _method(operation: Operation) -> Callable[..., Any]:
@@ -141,6 +144,8 @@ for _operation in OPERATIONS.values():
 
 
 class PoolClient(_Methods):
+    _http: httpx.Client
+
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
@@ -151,8 +156,8 @@ class PoolClient(_Methods):
         timeout: float = 60.0,
         http: httpx.Client | None = None,
     ) -> None:
-        headers = self._setup(api_key, transport, retries)
-        self._http = http or httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        self._setup(api_key, transport, retries)
 
     def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Result:
         call = build_call(OPERATIONS[op], x, indices, params, self._transport)
@@ -176,6 +181,8 @@ class PoolClient(_Methods):
 class AsyncPoolClient(_Methods):
     """The same, for asyncio: `await client.max2d(...)`."""
 
+    _http: httpx.AsyncClient
+
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
@@ -186,8 +193,8 @@ class AsyncPoolClient(_Methods):
         timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        headers = self._setup(api_key, transport, retries)
-        self._http = http or httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        self._setup(api_key, transport, retries)
 
     async def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Result:  # type: ignore[override]
         call = build_call(OPERATIONS[op], x, indices, params, self._transport)

@@ -22,22 +22,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from benchmarks.serve import free_port, wrk
+from benchmarks.serve import free_port, wait_ready, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait(url: str) -> None:
-    import httpx
-
-    for _ in range(300):
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} never became ready")
 
 
 def run(replicas: int, seconds: int, connections: int, body: bytes) -> dict[str, float]:
@@ -54,7 +41,7 @@ def run(replicas: int, seconds: int, connections: int, body: bytes) -> dict[str,
                 )
             )
         for port in ports:
-            wait(f"http://127.0.0.1:{port}/readyz")
+            wait_ready(f"http://127.0.0.1:{port}/readyz")
         front = free_port()
         (work / "upstreams.conf").write_text("".join(f"server 127.0.0.1:{port};\n" for port in ports))
         config = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
@@ -69,7 +56,7 @@ def run(replicas: int, seconds: int, connections: int, body: bytes) -> dict[str,
                 [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.DEVNULL
             )
         )
-        wait(f"http://127.0.0.1:{front}/nginx-health")
+        wait_ready(f"http://127.0.0.1:{front}/nginx-health")
         wrk(front, body, 2)  # warm up
         return wrk(front, body, seconds, connections)
     finally:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 import pybase64
@@ -51,6 +52,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_ready(url: str, deadline: float = 60, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once `url` answers 200; raise RuntimeError if it has not within `deadline`
+    seconds, or once `process` (the server behind it) has exited."""
+    end = time.monotonic() + deadline
+    while process is None or process.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never became ready")
 
 
 @contextmanager

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
+from benchmarks.serve import free_port, wait_ready
 
 
 class Client:
@@ -46,32 +45,20 @@ class Client:
         self.app.state.runtime.executor.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service started as the README starts it (`python -m app`), on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1", "POOL_PORT": str(port)}
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
         try:
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the server did not become ready:\n{log_path.read_text()}")
-                time.sleep(0.2)
+            try:
+                wait_ready(f"{url}/readyz", process=process)
+            except RuntimeError:
+                pytest.fail(f"the server did not become ready:\n{log_path.read_text()}")
             yield url
         finally:
             process.terminate()

@@ -146,3 +146,18 @@ def test_async_client_every_operation():
 
     asyncio.run(scenario())
     app.state.runtime.executor.close()
+
+
+def test_an_api_key_goes_on_a_given_http_clients_requests():
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(
+            200, json={"op": "max1d", "shape": [1, 1, 1], "dtype": "float32", "output": [[[2.0]]], "indices": None}
+        )
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://pool")
+    with PoolClient(http=http, api_key="k-1") as client:
+        client.max1d(np.array([[[1.0, 2.0]]]), kernel_size=2)
+    assert seen == ["Bearer k-1"]

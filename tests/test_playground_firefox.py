@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import _free_port
+from benchmarks.serve import free_port
 
 FIREFOX = shutil.which("firefox-esr") or shutil.which("firefox")
 marionette = pytest.importorskip("marionette_driver.marionette", reason="marionette_driver comes with the test extras")
@@ -23,7 +23,7 @@ pytestmark = [
 def test_playground_works_in_firefox(server, tmp_path):
     from marionette_driver import By, Wait
 
-    port = _free_port()
+    port = free_port()
     (tmp_path / "user.js").write_text(f'user_pref("marionette.port", {port});\n')
     command = [FIREFOX, "--headless", "--marionette", "--no-remote", "--profile", str(tmp_path)]
     browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

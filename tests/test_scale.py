@@ -20,23 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import _free_port
+from benchmarks.serve import free_port, wait_ready
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed (.ci/run installs it)")
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
-
-
-def _wait(url: str, deadline: float = 60) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became ready")
 
 
 class Replica:
@@ -51,7 +39,7 @@ class Replica:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        _wait(f"http://127.0.0.1:{self.port}/readyz")
+        wait_ready(f"http://127.0.0.1:{self.port}/readyz")
 
     def signal(self, number: int) -> None:
         assert self.process is not None
@@ -65,10 +53,10 @@ class Replica:
 
 @pytest.fixture
 def cluster(tmp_path):
-    replicas = [Replica(_free_port(), tmp_path / f"replica-{i}.log") for i in range(3)]
+    replicas = [Replica(free_port(), tmp_path / f"replica-{i}.log") for i in range(3)]
     for replica in replicas:
         replica.start()
-    port = _free_port()
+    port = free_port()
     (tmp_path / "upstreams.conf").write_text(
         "".join(f"server 127.0.0.1:{r.port} max_fails=1 fail_timeout=2s;\n" for r in replicas)
     )
@@ -84,7 +72,7 @@ def cluster(tmp_path):
         stderr=log,
     )
     try:
-        _wait(f"http://127.0.0.1:{port}/nginx-health")
+        wait_ready(f"http://127.0.0.1:{port}/nginx-health")
         yield f"http://127.0.0.1:{port}", replicas
     finally:
         nginx.terminate()
