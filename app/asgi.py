@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.catalogue import CATALOGUE
 from app.errors import ClientGone, NotFound, ProblemError, internal_error, problem_response
 from app.inference import decode_oip
-from app.pipeline import run_operation
+from app.pipeline import Runtime, run_operation
 from app.requests import Incoming
 
 PREFIX = "/pool/"
@@ -39,8 +39,9 @@ def route(scope: Scope) -> tuple[str, bool] | None:
 
 
 class PoolEndpoint:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = route(scope)
@@ -52,9 +53,7 @@ class PoolEndpoint:
             spec = CATALOGUE.get(op)
             if spec is None:
                 raise NotFound(f"unknown operation {op!r}; GET /pool lists the operations")
-            # Starlette puts the application in the scope before its middleware runs.
-            runtime = scope["app"].state.runtime
-            response = await run_operation(spec, incoming(scope, receive), runtime, decode_oip if v2 else None)
+            response = await run_operation(spec, incoming(scope, receive), self.runtime, decode_oip if v2 else None)
         except ProblemError as problem:
             response = problem_response(problem.status, problem.detail, problem.errors, problem.headers, v2=v2)
         except ClientGone:

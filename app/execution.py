@@ -8,6 +8,7 @@ once and come back once.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -35,6 +36,9 @@ _HALF = (torch.float16, torch.bfloat16)
 PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
 
 
+_INFERENCE = threading.local()
+
+
 class DeviceUnavailable(RuntimeError):
     """The configured device is not present; the service refuses to start."""
 
@@ -60,6 +64,7 @@ class Executor:
 
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
+        self.on_cpu = self.device.type == "cpu"
         torch.set_num_threads(settings.torch_threads)
         self.workers = settings.max_concurrency
         self._pool: ThreadPoolExecutor | None = None  # made on first use, again after a close
@@ -106,16 +111,21 @@ class Executor:
 
     @staticmethod
     def _inference(fn: Callable[..., T], *args: Any) -> T:
-        with torch.inference_mode():
-            return fn(*args)
+        if not torch.is_inference_mode_enabled():
+            # On once per thread and left on: the threads that pool (the event loop's
+            # and the pool's) never need autograd, and entering and leaving the mode
+            # around every call costs as much as pooling a small tensor.
+            _INFERENCE.mode = torch.inference_mode()
+            _INFERENCE.mode.__enter__()
+        return fn(*args)
 
     def to_device(self, array: np.ndarray, dtype: str) -> torch.Tensor:
         """The array on the device, copied once; large ones through pinned host memory,
         which the GPU reads at full speed (the answer's copy back synchronises)."""
         tensor = torch.from_numpy(array)
         target = TORCH_DTYPE[dtype]
-        if self.device.type == "cpu":
-            return tensor if tensor.dtype == target else tensor.to(dtype=target)  # no copy when it fits
+        if self.on_cpu:
+            return tensor if tensor.dtype is target else tensor.to(dtype=target)  # no copy when it fits
         if self.device.type == "cuda" and array.nbytes >= PINNED_FROM_BYTES:
             tensor = tensor.pin_memory()
             return tensor.to(device=self.device, dtype=target, non_blocking=True)
@@ -129,9 +139,9 @@ class Executor:
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A result back on the host; bfloat16, which numpy lacks, as float32 (exact)."""
-    if tensor.dtype == torch.bfloat16:
+    if tensor.dtype is torch.bfloat16:
         tensor = tensor.to(torch.float32)
-    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
+    return tensor.numpy() if tensor.is_cpu else tensor.cpu().numpy()
 
 
 def with_fallbacks(compute: Callable[..., Any], x: torch.Tensor, params: Any, plan: Any, extra: dict[str, Any]) -> Any:

@@ -9,6 +9,7 @@ wrong with it; keys are compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
+import itertools
 import os
 import re
 import time
@@ -134,6 +135,13 @@ def _content_length(scope: Scope) -> int:
     return 0
 
 
+# New ids: a random prefix per process and a counter, 32 hex digits in all, unique
+# across workers and restarts; reading the system's random source for each request
+# would cost more than pooling a small tensor.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
 def _request_id(scope: Scope) -> str:
     """The client's X-Request-ID when it is a sane token, else a new one."""
     for name, value in scope["headers"]:
@@ -142,4 +150,4 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID.fullmatch(text):
                 return text
             break
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"

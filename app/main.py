@@ -45,7 +45,7 @@ class PoolingApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         settings: Settings = self.state.settings
-        inner: ASGIApp = PoolEndpoint(super().build_middleware_stack())
+        inner: ASGIApp = PoolEndpoint(super().build_middleware_stack(), self.state.runtime)
         if settings.cors_origins:
             inner = CORSMiddleware(
                 inner,

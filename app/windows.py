@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ class WindowPlan:
     ceil_mode: bool
     torch_form: bool  # padding was given as ints, torch's form
 
-    @property
+    @cached_property  # asked on every request; a plan lives in the plan cache
     def symmetric(self) -> bool:
         """Padding torch can apply itself: the same on both sides, at most half the kernel."""
         return all(b == e and b <= k // 2 for (b, e), k in zip(self.pads, self.kernel, strict=True))
@@ -61,9 +62,9 @@ class WindowPlan:
         torch's 3-D average pooling demands (its 1-D and 2-D kernels do not)."""
         return all(size >= d * (k - 1) + 1 for size, k, d in zip(self.spatial, self.kernel, self.dilation, strict=True))
 
-    @property
-    def torch_padding(self) -> list[int]:
-        return [b for b, _ in self.pads]
+    @cached_property
+    def torch_padding(self) -> tuple[int, ...]:
+        return tuple(b for b, _ in self.pads)
 
 
 def _fail(param: str, msg: str) -> InvalidParameters:
