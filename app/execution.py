@@ -65,6 +65,7 @@ class Executor:
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
         self.on_cpu = self.device.type == "cpu"
+        self.device_name = str(self.device)
         torch.set_num_threads(settings.torch_threads)
         self.workers = settings.max_concurrency
         self._pool: ThreadPoolExecutor | None = None  # made on first use, again after a close

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from app import __version__, codecs
 from app.catalogue import CATALOGUE, OpSpec
 from app.errors import InvalidParameters, NotFound, UndecodableBody
+from app.negotiation import Answer
 from app.pipeline import JSON, Decoded, Job, Runtime
 from app.requests import Incoming
 
@@ -197,7 +198,7 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
             body["parameters"] = {"random_seed": seed}
         header = orjson.dumps(body)
         if not parts:
-            return Response(header, media_type=JSON)
+            return Answer(header, JSON)
         return Response(
             b"".join([header, *parts]),
             media_type="application/octet-stream",

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import torch
 from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
@@ -29,7 +28,7 @@ from app.errors import InvalidParameters, TooLarge, validation_problem
 from app.execution import Executor, to_numpy, with_fallbacks
 from app.kernels import Plan
 from app.layout import Layout, global_indices
-from app.negotiation import JSON, NPY, NPZ, body_kind, negotiate
+from app.negotiation import JSON, NPY, NPZ, Answer, body_kind, negotiate
 from app.requests import (
     BodyBudget,
     Incoming,
@@ -231,7 +230,7 @@ def prepare(spec: OpSpec, decoded: Decoded, runtime: Runtime) -> Job | Response:
             "a .npy cannot carry bfloat16: ask for JSON (json or flat encoding)",
             "bfloat16_npy",
         )
-    if "random_seed" in type(params).model_fields and params.random_seed is None:
+    if "random_seed" in params.__dict__ and params.random_seed is None:
         params = params.model_copy(update={"random_seed": secrets.randbits(63)})
     return Job(
         spec,
@@ -255,7 +254,9 @@ def finish(job: Job) -> Response:
 
 def native_answer(job: Job, out: np.ndarray, indices: np.ndarray | None) -> Response:
     x = job.tensors["input"]
-    return encode_response(job.spec, job.params, x.dtype, out, indices, job.answer, job.encoding, job.executor.device)
+    return encode_response(
+        job.spec, job.params, x.dtype, out, indices, job.answer, job.encoding, job.executor.device_name
+    )
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,7 @@ def dry_run(spec: OpSpec, params: Any, tensors: dict[str, Tensor], runtime: Runt
         "dtype": params.dtype,
         "output": None,
         "indices": None,
-        "device": str(runtime.executor.device),
+        "device": runtime.executor.device_name,
         "padding": plan.padding,
     }
     return Response(orjson.dumps(body), media_type=JSON)
@@ -342,23 +343,23 @@ def encode_response(
     indices: np.ndarray | None,
     answer: str,
     encoding: str,
-    device: torch.device,
+    device: str,
 ) -> Response:
     seed = params.__dict__.get("random_seed")
     headers = {"X-Random-Seed": str(seed)} if seed is not None else None
     if answer == NPY:
-        return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)
+        return Answer(codecs.encode_npy(out), NPY, headers)
     if answer == NPZ:
         arrays = {"output": out} if indices is None else {"output": out, "indices": indices}
-        return Response(codecs.encode_npz(arrays), media_type=NPZ, headers=headers)
+        return Answer(codecs.encode_npz(arrays), NPZ, headers)
     body: dict[str, Any] = {
         "op": spec.name,
         "shape": list(out.shape),
         "dtype": dtype,
         "output": codecs.json_tensor(out, dtype, encoding),
         "indices": codecs.json_tensor(indices, "int64", encoding) if indices is not None else None,
-        "device": str(device),
+        "device": device,
     }
     if seed is not None:
         body["random_seed"] = seed
-    return Response(orjson.dumps(body), media_type=JSON)
+    return Answer(orjson.dumps(body), JSON)
