@@ -1,8 +1,14 @@
 """The floor for small requests: a bare FastAPI endpoint that reads the body and
-returns a constant JSON, served by the same uvicorn settings as the service."""
+returns a constant JSON, served by the same uvicorn settings as the service.
+Beside it, for reference, the least a FastAPI endpoint can do to pool: parse,
+`max_pool2d` with indices, encode, with no checks at all."""
 
 from __future__ import annotations
 
+import numpy as np
+import orjson
+import torch
+import torch.nn.functional as F
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
@@ -14,6 +20,19 @@ CONSTANT = b'{"op":"max2d","shape":[1,1,2,2],"dtype":"float32"}'
 async def pool(op: str, request: Request) -> Response:
     await request.body()
     return Response(CONSTANT, media_type="application/json")
+
+
+minimal = FastAPI()
+
+
+@minimal.post("/pool/{op}")
+async def minimal_pool(op: str, request: Request) -> Response:
+    document = orjson.loads(await request.body())
+    with torch.inference_mode():
+        x = torch.from_numpy(np.array(document["input"], dtype=np.float32))
+        out, indices = F.max_pool2d(x, document["kernel_size"], return_indices=True)
+    body = {"output": out.numpy(), "indices": indices.numpy()}
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 async def transport(scope, receive, send) -> None:  # type: ignore[no-untyped-def]

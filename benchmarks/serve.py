@@ -5,7 +5,8 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
 
 - W1 tiny: max2d k=2 on 1x1x4x4 float32, nested JSON, return_indices; wrk
   with 32 connections against the service and against the baseline, in
-  alternating rounds.
+  alternating rounds; for reference, also against a FastAPI endpoint that
+  only parses, pools and encodes (the least a pooling endpoint can do).
 - W2 medium JSON: max2d k=2 on 1x16x128x128 float32 as nested JSON, one
   client, against orjson decode + max_pool2d + encode in process.
 - W3 large: max2d k=2 s=2 on 8x64x112x112 float32 (25.7 MB) as a raw .npy
@@ -192,25 +193,33 @@ def main() -> None:
     head_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(npy(head_x)).decode()}})
 
     if shutil.which("wrk"):
-        # Rounds alternate between the two servers, so a slow spell of a shared
-        # machine falls on both; the medians of the rounds are compared.
-        with server("benchmarks.baseline_app:app", args.threads) as (base_port, _):
-            with server("app.main:app", args.threads) as (port, _):
-                wrk(base_port, tiny, 2)
-                wrk(port, tiny, 2)
-                rounds = [
-                    (wrk(base_port, tiny, args.seconds), wrk(port, tiny, args.seconds)) for _ in range(args.rounds)
-                ]
-        base = {key: statistics.median(b[key] for b, _ in rounds) for key in ("rps", "p50", "p99")}
-        ours = {key: statistics.median(o[key] for _, o in rounds) for key in ("rps", "p50", "p99")}
+        # Rounds alternate between the servers, so a slow spell of a shared machine
+        # falls on all of them; the medians of the rounds are compared.
+        with (
+            server("benchmarks.baseline_app:app", args.threads) as (base_port, _),
+            server("app.main:app", args.threads) as (port, _),
+            server("benchmarks.baseline_app:minimal", args.threads) as (minimal_port, _),
+        ):
+            ports = (base_port, port, minimal_port)
+            for each in ports:
+                wrk(each, tiny, 2)
+            rounds = [[wrk(each, tiny, args.seconds) for each in ports] for _ in range(args.rounds)]
+        base, ours, minimal = (
+            {key: statistics.median(r[column][key] for r in rounds) for key in ("rps", "p50", "p99")}
+            for column in range(3)
+        )
         print(
             f"{'W1 tiny max2d, 32 clients: requests/s':<44} {ours['rps']:10.0f} {'':<5} {base['rps']:10.0f} "
             f"{'':<5} {ours['rps'] / base['rps']:6.2f}x  (target >= 0.9x)"
         )
         latencies = f"{ours['p50']:5.2f} / {ours['p99']:<6.2f}    {base['p50']:5.2f} / {base['p99']:<6.2f}"
         print(f"{'   p50 / p99 latency (ms)':<44} {latencies}")
-        each = ", ".join(f"{o['rps'] / b['rps']:.2f}x" for b, o in rounds)
-        print(f"{'   ratio in each round':<44} {each}")
+        each_round = ", ".join(f"{r[1]['rps'] / r[0]['rps']:.2f}x" for r in rounds)
+        print(f"{'   ratio in each round':<44} {each_round}")
+        print(
+            f"{'   reference: FastAPI + max_pool2d, no checks':<44} {minimal['rps']:10.0f} {'':<5} "
+            f"{base['rps']:10.0f} {'':<5} {minimal['rps'] / base['rps']:6.2f}x"
+        )
     else:
         print("W1 skipped: wrk is not installed (apt-get install wrk)")
 
