@@ -18,6 +18,7 @@ are the pipeline's: these functions know nothing of HTTP or encodings.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,19 +176,92 @@ _FLOAT64_EXACT = 2**53  # every integer up to this size is a float64
 def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive max pooling of integers, which torch's kernel refuses, exactly."""
     rank = len(sizes)
-    spatial = x.shape[2:]
-    if all(size % out == 0 for size, out in zip(spatial, sizes, strict=True)):
-        # Windows of equal size, side by side: torch's max pooling, which takes integers.
-        kernel = [size // out for size, out in zip(spatial, sizes, strict=True)]
-        return _MAX[rank](x, kernel, kernel, return_indices=True)
+    per_dim = [_window_classes(size, out) for size, out in zip(x.shape[2:], sizes, strict=True)]
+    calls = math.prod(len(classes) for classes, _ in per_dim)
     fits = x.dtype != torch.int64 or (
         x.numel() == 0 or (int(x.min()) >= -_FLOAT64_EXACT and int(x.max()) <= _FLOAT64_EXACT)
     )
-    if fits:
-        # Every value is a float64 exactly, so torch's float kernel loses nothing.
+    if calls > 1 and fits:
+        # Every value is a float64 exactly, so torch's float kernel loses nothing; for
+        # uneven windows it beats pooling class by class, whose views are strided.
         out, indices = _ADAPTIVE_MAX[rank](x.double(), list(sizes), True)
         return out.to(x.dtype), indices
+    if calls <= _MAX_CLASS_CALLS:
+        return adaptive_max_by_classes(x, sizes, per_dim)
     return adaptive_max_exact(x, sizes)
+
+
+# Beyond this many strided max poolings, one per class of windows, the gathering
+# form (`adaptive_max_exact`) costs less.
+_MAX_CLASS_CALLS = 64
+
+
+@dataclass(frozen=True)
+class _WindowClass:
+    """Every `classes`-th adaptive window along one dimension: all of one width and a
+    fixed step apart, which a strided max pooling computes."""
+
+    start: int  # where the class's first window starts in the input
+    width: int
+    step: int  # input positions from one of its windows to the next
+    length: int  # input positions from its first window's start to its last one's end
+
+
+def _window_classes(size: int, out: int) -> tuple[list[_WindowClass], int]:
+    """The classes of adaptive windows along one dimension, and windows per class.
+
+    Window i spans [floor(i*size/out), ceil((i+1)*size/out)); window i + out/g, for
+    g = gcd(size, out), starts and ends exactly size/g later. So window i belongs
+    to class i mod (out/g), and every class holds g windows."""
+    common = math.gcd(size, out)
+    every, step = out // common, size // common
+    classes = []
+    for first in range(every):
+        start = first * size // out
+        width = -(-(first + 1) * size // out) - start
+        classes.append(_WindowClass(start, width, step, (common - 1) * step + width))
+    return classes, common
+
+
+def adaptive_max_by_classes(
+    x: torch.Tensor, sizes: tuple[int, ...], per_dim: list[tuple[list[_WindowClass], int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive max pooling as torch's own max pooling (which takes every integer dtype,
+    exactly) for each combination of window classes, on a view of the input from the
+    classes' first windows, kernel their widths, stride their steps. The results are
+    stacked by class and interleaved into place at once; their indices, which count
+    within each view, are moved to the whole plane at once too."""
+    rank = len(sizes)
+    spatial = x.shape[2:]
+    classes = [dim_classes for dim_classes, _ in per_dim]
+    per_class = [count for _, count in per_dim]
+    results = []
+    for combination in itertools.product(*classes):
+        view = x
+        for dim, c in enumerate(combination):
+            view = view.narrow(2 + dim, c.start, c.length)
+        kernel = [c.width for c in combination]
+        stride = [c.step for c in combination]
+        results.append(_MAX[rank](view, kernel, stride, return_indices=True))
+    counts = [len(c) for c in classes]
+    # (classes per dim..., N, C, windows per class per dim...)
+    values = torch.stack([v for v, _ in results]).reshape(*counts, *x.shape[:2], *per_class)
+    local = torch.stack([i for _, i in results]).reshape(values.shape)
+    # A view's flat index -> its coordinates -> the flat index in the whole plane.
+    flat = torch.zeros_like(local)
+    for dim in reversed(range(rank)):
+        shape = [1] * (2 * rank + 2)
+        shape[dim] = counts[dim]
+        length = torch.tensor([c.length for c in classes[dim]], device=x.device).reshape(shape)
+        start = torch.tensor([c.start for c in classes[dim]], device=x.device).reshape(shape)
+        flat += (local % length + start) * math.prod(spatial[dim + 1 :])
+        local = local.div(length, rounding_mode="floor")
+    # Output position k * classes + c holds window k of class c.
+    order = [rank, rank + 1]
+    for dim in range(rank):
+        order += [rank + 2 + dim, dim]
+    result = (*x.shape[:2], *sizes)
+    return values.permute(order).reshape(result), flat.permute(order).reshape(result)
 
 
 def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.catalogue import CATALOGUE
 from tests.conftest import Client
-from tests.reference import cases, sample, unpool_inputs
+from tests.reference import adaptive_max_numpy, cases, sample, unpool_inputs
 
 FIRST_CASES = [pytest.param(name, cases(spec)[0], id=name) for name, spec in CATALOGUE.items()]
 WITH_INDICES = [p for p in FIRST_CASES if CATALOGUE[p.values[0]].family.has_indices]
@@ -159,3 +161,27 @@ def test_integer_adaptive_max_is_exact_at_the_extremes(client, op, dtype):
     assert out.max() == info.max and out.min() == info.min
     # The first window holding the maximum holds both positions; the first wins.
     assert np.array(body["indices"]).ravel()[out.ravel().argmax()] == 3
+
+
+@st.composite
+def beyond_float_cases(draw):
+    """int64 inputs no float64 holds, with ties, over every kind of adaptive window:
+    even, uneven (pooled class by class) and upsampling to many classes (gathered)."""
+    rank = draw(st.integers(1, 3))
+    spatial = draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank))
+    sizes = draw(st.lists(st.integers(1, 11), min_size=rank, max_size=rank))
+    shape = [draw(st.integers(1, 2)), draw(st.integers(1, 2)), *spatial]
+    levels = np.array([2**62 + 1, 2**62, 2**62 - 1, 2**53 + 1, -(2**62) - 3], dtype=np.int64)
+    x = levels[np.random.default_rng(draw(st.integers(0, 2**31))).integers(0, len(levels), size=shape)]
+    return x, sizes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(beyond_float_cases())
+def test_int64_adaptive_max_beyond_float_precision_matches_element_by_element(client, case):
+    x, sizes = case
+    op = f"adaptive-max{len(sizes)}d"
+    body = pool(client, op, input=x.tolist(), dtype="int64", output_size=sizes, return_indices=True)
+    want, want_indices = adaptive_max_numpy(x, sizes)
+    np.testing.assert_array_equal(np.array(body["output"], dtype=np.int64), want)
+    np.testing.assert_array_equal(np.array(body["indices"], dtype=np.int64), want_indices)
