@@ -18,7 +18,6 @@ are the pipeline's: these functions know nothing of HTTP or encodings.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,38 +172,72 @@ def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
 _FLOAT64_EXACT = 2**53  # every integer up to this size is a float64
 
 
+def _fits_float64(x: torch.Tensor) -> bool:
+    low, high = torch.aminmax(x)
+    return int(low) >= -_FLOAT64_EXACT and int(high) <= _FLOAT64_EXACT
+
+
 def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive max pooling of integers, which torch's kernel refuses, exactly."""
     rank = len(sizes)
-    per_dim = [_window_classes(size, out) for size, out in zip(x.shape[2:], sizes, strict=True)]
-    calls = math.prod(len(classes) for classes, _ in per_dim)
-    fits = x.dtype != torch.int64 or (
-        x.numel() == 0 or (int(x.min()) >= -_FLOAT64_EXACT and int(x.max()) <= _FLOAT64_EXACT)
-    )
-    if calls > 1 and fits:
-        # Every value is a float64 exactly, so torch's float kernel loses nothing; for
-        # uneven windows it beats pooling class by class, whose views are strided.
-        out, indices = _ADAPTIVE_MAX[rank](x.double(), list(sizes), True)
+    spatial = x.shape[2:]
+    if all(size % out == 0 for size, out in zip(spatial, sizes, strict=True)):
+        # Windows of equal size, side by side: torch's max pooling, which takes integers.
+        kernel = [size // out for size, out in zip(spatial, sizes, strict=True)]
+        return _MAX[rank](x, kernel, kernel, return_indices=True)
+    # torch's float kernel finds each window's first largest value as a float64. Up to
+    # 2**53 every integer is a float64 exactly, so that is the answer.
+    out, indices = _ADAPTIVE_MAX[rank](x.double(), list(sizes), True)
+    if x.dtype != torch.int64 or x.numel() == 0 or _fits_float64(x):
         return out.to(x.dtype), indices
-    if calls <= _MAX_CLASS_CALLS:
-        return adaptive_max_by_classes(x, sizes, per_dim)
-    return adaptive_max_exact(x, sizes)
+    # Beyond, rounding may merge a window's largest values. Rounding keeps order, so
+    # where the value picked is the window's exact maximum it is also the first place
+    # that holds it; the rare windows where it is not are searched element by element.
+    exact = window_max(x, sizes)
+    picked = x.flatten(2).gather(2, indices.flatten(2)).reshape(indices.shape)
+    wrong = (picked != exact).nonzero()
+    if len(wrong):
+        indices[wrong.unbind(1)] = _first_maxima(x, sizes, wrong, exact[wrong.unbind(1)])
+    return exact, indices
 
 
-# Beyond this many strided max poolings, one per class of windows, the gathering
-# form (`adaptive_max_exact`) costs less.
-_MAX_CLASS_CALLS = 64
+_MAX_CLASSES = 16  # beyond this many classes of windows in a dimension, gathering costs less
+
+
+def window_max(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """The exact maximum of every adaptive window, of any dtype. Max is separable:
+    one dimension at a time, the outer ones first, which torch reduces in long
+    vectorised runs along the rows."""
+    values = x
+    for dim, out in enumerate(sizes):
+        values = _window_max_along(values, 2 + dim, out)
+    return values
+
+
+def _window_max_along(t: torch.Tensor, axis: int, out: int) -> torch.Tensor:
+    size = t.shape[axis]
+    classes, per_class = _window_classes(size, out)
+    if axis == t.dim() - 1 or len(classes) > _MAX_CLASSES:
+        cells, _ = _adaptive_windows(size, out, t.device)
+        return t.index_select(axis, cells.flatten()).unflatten(axis, tuple(cells.shape)).amax(axis + 1)
+    parts = []
+    for c in classes:
+        # The class's windows as a view: (..., window, cell, ...).
+        shape = [*t.shape[:axis], per_class, c.width, *t.shape[axis + 1 :]]
+        stride = [*t.stride()[:axis], c.step * t.stride(axis), t.stride(axis), *t.stride()[axis + 1 :]]
+        parts.append(t.as_strided(shape, stride, t.storage_offset() + c.start * t.stride(axis)).amax(axis + 1))
+    # Window k of class c is output position k * classes + c.
+    return torch.stack(parts, axis + 1).flatten(axis, axis + 1)
 
 
 @dataclass(frozen=True)
 class _WindowClass:
     """Every `classes`-th adaptive window along one dimension: all of one width and a
-    fixed step apart, which a strided max pooling computes."""
+    fixed step apart, so one strided view holds them all."""
 
-    start: int  # where the class's first window starts in the input
+    start: int  # where the class's first window starts
     width: int
-    step: int  # input positions from one of its windows to the next
-    length: int  # input positions from its first window's start to its last one's end
+    step: int  # positions from one of its windows to the next
 
 
 def _window_classes(size: int, out: int) -> tuple[list[_WindowClass], int]:
@@ -218,50 +251,8 @@ def _window_classes(size: int, out: int) -> tuple[list[_WindowClass], int]:
     classes = []
     for first in range(every):
         start = first * size // out
-        width = -(-(first + 1) * size // out) - start
-        classes.append(_WindowClass(start, width, step, (common - 1) * step + width))
+        classes.append(_WindowClass(start, -(-(first + 1) * size // out) - start, step))
     return classes, common
-
-
-def adaptive_max_by_classes(
-    x: torch.Tensor, sizes: tuple[int, ...], per_dim: list[tuple[list[_WindowClass], int]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive max pooling as torch's own max pooling (which takes every integer dtype,
-    exactly) for each combination of window classes, on a view of the input from the
-    classes' first windows, kernel their widths, stride their steps. The results are
-    stacked by class and interleaved into place at once; their indices, which count
-    within each view, are moved to the whole plane at once too."""
-    rank = len(sizes)
-    spatial = x.shape[2:]
-    classes = [dim_classes for dim_classes, _ in per_dim]
-    per_class = [count for _, count in per_dim]
-    results = []
-    for combination in itertools.product(*classes):
-        view = x
-        for dim, c in enumerate(combination):
-            view = view.narrow(2 + dim, c.start, c.length)
-        kernel = [c.width for c in combination]
-        stride = [c.step for c in combination]
-        results.append(_MAX[rank](view, kernel, stride, return_indices=True))
-    counts = [len(c) for c in classes]
-    # (classes per dim..., N, C, windows per class per dim...)
-    values = torch.stack([v for v, _ in results]).reshape(*counts, *x.shape[:2], *per_class)
-    local = torch.stack([i for _, i in results]).reshape(values.shape)
-    # A view's flat index -> its coordinates -> the flat index in the whole plane.
-    flat = torch.zeros_like(local)
-    for dim in reversed(range(rank)):
-        shape = [1] * (2 * rank + 2)
-        shape[dim] = counts[dim]
-        length = torch.tensor([c.length for c in classes[dim]], device=x.device).reshape(shape)
-        start = torch.tensor([c.start for c in classes[dim]], device=x.device).reshape(shape)
-        flat += (local % length + start) * math.prod(spatial[dim + 1 :])
-        local = local.div(length, rounding_mode="floor")
-    # Output position k * classes + c holds window k of class c.
-    order = [rank, rank + 1]
-    for dim in range(rank):
-        order += [rank + 2 + dim, dim]
-    result = (*x.shape[:2], *sizes)
-    return values.permute(order).reshape(result), flat.permute(order).reshape(result)
 
 
 def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,32 +267,18 @@ def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.
     return cells.to(device), start.to(device)
 
 
-def adaptive_max_exact(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive max pooling for the dtypes torch's kernel refuses (integers), exactly.
-
-    Max is separable: reduce the last spatial dimension, then the one before,
-    each by gathering its windows, carrying the winners' coordinates along.
-    Ties keep the first position in row-major order, as torch's kernels do."""
-    rank = len(sizes)
+def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
+    """For the windows at `where` (rows of n, c and output positions), the first place in
+    the plane, in row-major order, that holds its maximum: every cell compared."""
     spatial = x.shape[2:]
-    values = x
-    coords: list[torch.Tensor] = []  # winning coordinate per reduced dimension, last dimension first
-    for dim in reversed(range(rank)):
-        axis = 2 + dim
-        cells, starts = _adaptive_windows(spatial[dim], sizes[dim], x.device)
-        gathered = values[(slice(None),) * axis + (cells.reshape(-1),)]
-        gathered = gathered.reshape(*values.shape[:axis], sizes[dim], cells.shape[1], *values.shape[axis + 1 :])
-        values, local = gathered.max(dim=axis + 1)
-        at_axis = [1] * values.dim()
-        at_axis[axis] = sizes[dim]
-        chosen = starts.reshape(at_axis) + local
-        # Coordinates found earlier vary along this dimension: keep the chosen ones.
-        coords = [coord.gather(axis, chosen) for coord in coords]
-        coords.append(chosen)
-    flat = torch.zeros_like(values, dtype=torch.int64)
-    for dim, coord in zip(range(rank), reversed(coords), strict=True):
-        flat = flat * spatial[dim] + coord
-    return values, flat
+    flat = torch.zeros(len(where), dtype=torch.int64, device=x.device)
+    for dim, out in enumerate(sizes):
+        cells, _ = _adaptive_windows(spatial[dim], out, x.device)
+        flat = flat.unsqueeze(-1) * spatial[dim] + cells[where[:, 2 + dim]].reshape(len(where), *[1] * dim, -1)
+    flat = flat.reshape(len(where), -1)
+    planes = x.reshape(x.shape[0] * x.shape[1], -1)
+    values = planes[(where[:, 0] * x.shape[1] + where[:, 1]).unsqueeze(-1), flat]
+    return torch.where(values == maxima.unsqueeze(-1), flat, torch.iinfo(torch.int64).max).amin(-1)
 
 
 def global_plan(rank: int) -> Callable[[Any, Shape, int], Plan]:

@@ -165,8 +165,9 @@ def test_integer_adaptive_max_is_exact_at_the_extremes(client, op, dtype):
 
 @st.composite
 def beyond_float_cases(draw):
-    """int64 inputs no float64 holds, with ties, over every kind of adaptive window:
-    even, uneven (pooled class by class) and upsampling to many classes (gathered)."""
+    """int64 inputs no float64 holds, with ties, over even windows (torch's integer
+    pooling) and uneven ones, where rounding merges some of the largest values (those
+    windows are searched element by element) and leaves others apart."""
     rank = draw(st.integers(1, 3))
     spatial = draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank))
     sizes = draw(st.lists(st.integers(1, 11), min_size=rank, max_size=rank))
