@@ -172,11 +172,6 @@ def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
 _FLOAT64_EXACT = 2**53  # every integer up to this size is a float64
 
 
-def _fits_float64(x: torch.Tensor) -> bool:
-    low, high = torch.aminmax(x)
-    return int(low) >= -_FLOAT64_EXACT and int(high) <= _FLOAT64_EXACT
-
-
 def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive max pooling of integers, which torch's kernel refuses, exactly."""
     rank = len(sizes)
@@ -185,14 +180,23 @@ def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch
         # Windows of equal size, side by side: torch's max pooling, which takes integers.
         kernel = [size // out for size, out in zip(spatial, sizes, strict=True)]
         return _MAX[rank](x, kernel, kernel, return_indices=True)
-    # torch's float kernel finds each window's first largest value as a float64. Up to
-    # 2**53 every integer is a float64 exactly, so that is the answer.
-    out, indices = _ADAPTIVE_MAX[rank](x.double(), list(sizes), True)
-    if x.dtype != torch.int64 or x.numel() == 0 or _fits_float64(x):
+    # torch's float kernel finds each window's first largest value as a float64; every
+    # integer within 2**53 of zero, or of the smallest value, is one exactly.
+    float_kernel = _ADAPTIVE_MAX[rank]
+    if x.dtype != torch.int64 or x.numel() == 0:
+        out, indices = float_kernel(x.double(), list(sizes), True)
         return out.to(x.dtype), indices
-    # Beyond, rounding may merge a window's largest values. Rounding keeps order, so
-    # where the value picked is the window's exact maximum it is also the first place
-    # that holds it; the rare windows where it is not are searched element by element.
+    low, high = (int(bound) for bound in torch.aminmax(x))
+    if -_FLOAT64_EXACT <= low and high <= _FLOAT64_EXACT:
+        out, indices = float_kernel(x.double(), list(sizes), True)
+        return out.long(), indices
+    if high - low <= _FLOAT64_EXACT:  # large values close together, as timestamps are
+        out, indices = float_kernel((x - low).double(), list(sizes), True)
+        return out.long() + low, indices
+    # Farther apart, rounding may merge a window's largest values. Rounding keeps order,
+    # so where the value picked is the window's exact maximum it is also the first place
+    # that holds it; the rare windows where it is not are searched cell by cell.
+    _, indices = float_kernel(x.double(), list(sizes), True)
     exact = window_max(x, sizes)
     picked = x.flatten(2).gather(2, indices.flatten(2)).reshape(indices.shape)
     wrong = (picked != exact).nonzero()

@@ -67,7 +67,8 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 64, 112, 112)
     xi = torch.randint(-(2**40), 2**40, (8, 64, 56, 56), dtype=torch.int64)
-    xbig = xi * 2**20  # beyond 2**53: no float64 holds these exactly
+    xbig = xi * 2**20  # beyond 2**53 and far apart: no float64 holds these exactly
+    stamps = 1_764_000_000_000_000_000 + xi  # nanosecond timestamps: beyond 2**53, close together
     xf = xi.to(torch.float64)  # equal work: the same element size
     r = args.repeat
     print(f"torch {torch.__version__}, {args.threads} threads, input {tuple(x.shape)} float32, median of {r}")
@@ -156,7 +157,15 @@ def main() -> None:
         )
         ratios.append(
             compare(
-                "  the same with int64 values beyond 2**53",
+                "  the same with int64 timestamps (beyond 2**53)",
+                service("adaptive-max2d", stamps, output_size=5, return_indices=True),
+                lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
+                r,
+            )
+        )
+        ratios.append(
+            compare(
+                "  the same with int64 values beyond 2**53, 2**60 apart",
                 service("adaptive-max2d", xbig, output_size=5, return_indices=True),
                 lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
                 r,
