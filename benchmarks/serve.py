@@ -16,6 +16,9 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
 - W4 classifier head: global-avg2d on 32x512x7x7 float32 as npy_base64,
   against its in-process floor.
 
+W2-W4 run the service, the in-process floor and HTTP alone (a plain ASGI app
+that reads the same body) in turn in every round, and compare the medians.
+
     python benchmarks/serve.py [--threads N] [--repeat 15] [--seconds 5] [--rounds 3]
 
 wrk comes from Debian's package (`apt-get install wrk`).
@@ -108,15 +111,18 @@ def post(connection: http.client.HTTPConnection, path: str, body: bytes, content
     return data
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median milliseconds over `repeat` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def interleaved(fns: list[Callable[[], object]], repeat: int) -> list[float]:
+    """Median milliseconds of each of `fns` over `repeat` rounds, each round running
+    every one in turn, so that a slow spell of a shared machine falls on all alike."""
+    for fn in fns:
         fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(spent) for spent in times]
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -242,46 +248,49 @@ def main() -> None:
         answer = pybase64.b64encode(npy(pool(x).numpy())).decode()
         return orjson.dumps({"output": {"npy_base64": answer}})
 
-    with torch.inference_mode():
-        floors = {
-            "w2": timed(floor_w2, args.repeat),
-            "w3": timed(floor_w3_raw, args.repeat),
-            "w3b64": timed(lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2)), args.repeat),
-            "w4": timed(lambda: floor_base64(head_b64, lambda x: F.adaptive_avg_pool2d(x, 1)), args.repeat),
-        }
-
     json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
-    with server("benchmarks.baseline_app:transport", args.threads) as (port, _):
+    with (
+        server("benchmarks.baseline_app:transport", args.threads) as (transport_port, _),
+        server("app.main:app", args.threads) as (port, pid),
+        torch.inference_mode(),
+    ):
+        bare = http.client.HTTPConnection("127.0.0.1", transport_port)
         connection = http.client.HTTPConnection("127.0.0.1", port)
-        transport = {
-            name: timed(lambda body=body: post(connection, "/", body, json_type, json_type), args.repeat)
-            for name, body in (("w2", medium), ("w3", large_npy), ("w3b64", large_b64), ("w4", head_b64))
-        }
-        connection.close()
 
-    with server("app.main:app", args.threads) as (port, pid):
-        connection = http.client.HTTPConnection("127.0.0.1", port)
-        w2 = timed(lambda: post(connection, "/pool/max2d", medium, json_type, json_type), args.repeat)
-        line("W2 medium JSON 1x16x128x128, one client", w2, floors["w2"], "ms", "<= 1.2x", transport["w2"])
-        timed(lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), 1)
+        def measure(floor: Callable[[], object], body: bytes, path: str, content: str, accept: str) -> list[float]:
+            """Medians of the service, its floor and HTTP alone, run in turn in each round."""
+            return interleaved(
+                [
+                    lambda: post(connection, path, body, content, accept),
+                    floor,
+                    lambda: post(bare, "/", body, content, json_type),
+                ],
+                args.repeat,
+            )
+
+        ours, floor, transport = measure(floor_w2, medium, "/pool/max2d", json_type, json_type)
+        line("W2 medium JSON 1x16x128x128, one client", ours, floor, "ms", "<= 1.2x", transport)
+        large_path = "/pool/max2d?kernel_size=2&stride=2"
+        post(connection, large_path, large_npy, npy_type, npz_type)
         before = memory_kib(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
-        w3 = timed(
-            lambda: post(connection, "/pool/max2d?kernel_size=2&stride=2", large_npy, npy_type, npz_type), args.repeat
-        )
+        ours, floor, transport = measure(floor_w3_raw, large_npy, large_path, npy_type, npz_type)
         peak = memory_kib(pid, "VmHWM")
-        line("W3 large .npy body -> .npz, one client", w3, floors["w3"], "ms", "<= 1.25x", transport["w3"])
-        w3b = timed(lambda: post(connection, "/pool/max2d", large_b64, json_type, json_type), args.repeat)
-        line("W3 large npy_base64 in JSON", w3b, floors["w3b64"], "ms", "<= 1.3x", transport["w3b64"])
+        line("W3 large .npy body -> .npz, one client", ours, floor, "ms", "<= 1.25x", transport)
+        w3_b64 = lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2))  # noqa: E731
+        ours, floor, transport = measure(w3_b64, large_b64, "/pool/max2d", json_type, json_type)
+        line("W3 large npy_base64 in JSON", ours, floor, "ms", "<= 1.3x", transport)
         growth = (peak - before) / 1024
         tensor_mb = large_x.nbytes / 2**20
         print(
             f"{'W3 peak memory growth (.npy body)':<44} {growth:10.1f} {'MiB':<5} {tensor_mb:10.1f} {'MiB':<5} "
             f"{growth / tensor_mb:6.2f}x  (target <= 3x the tensor)"
         )
-        w4 = timed(lambda: post(connection, "/pool/global-avg2d", head_b64, json_type, json_type), args.repeat)
-        line("W4 global-avg2d 32x512x7x7 npy_base64", w4, floors["w4"], "ms", "<= 1.5x", transport["w4"])
+        w4 = lambda: floor_base64(head_b64, lambda x: F.adaptive_avg_pool2d(x, 1))  # noqa: E731
+        ours, floor, transport = measure(w4, head_b64, "/pool/global-avg2d", json_type, json_type)
+        line("W4 global-avg2d 32x512x7x7 npy_base64", ours, floor, "ms", "<= 1.5x", transport)
         connection.close()
+        bare.close()
 
 
 if __name__ == "__main__":
