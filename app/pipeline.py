@@ -141,9 +141,13 @@ async def run_operation(spec: OpSpec, request: Incoming, runtime: Runtime, decod
     `decoder` reads the protocol's form of the request (this service's own by default)."""
     raw = await read_body(request, runtime.max_body_bytes, runtime.bodies)
     try:
-        return await _answer(spec, request, runtime, raw, decoder or decode_native)
+        response = await _answer(spec, request, runtime, raw, decoder or decode_native)
     finally:
         runtime.bodies.give_back(len(raw))
+    # Only a request that ran to the end gives its buffer for reuse: one that timed out
+    # may still be read by its computation.
+    runtime.bodies.recycle(raw)
+    return response
 
 
 async def _answer(spec: OpSpec, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder) -> Response:

@@ -15,7 +15,7 @@ from app import pipeline
 from app.errors import ClientGone, Overloaded
 from app.execution import Executor
 from app.settings import Settings
-from tests.conftest import assert_problem, npy_bytes
+from tests.conftest import assert_problem, load_npz, npy_bytes
 
 GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
 KEY = "s3cret-key-0123456789"
@@ -251,6 +251,31 @@ def test_request_bodies_in_flight_share_one_budget():
         return outcomes
 
     assert asyncio.run(scenario()) == [1500, "3", 0]
+
+
+def test_a_large_body_buffer_is_reused_only_when_nothing_views_it():
+    from app.requests import BodyBudget
+
+    budget = BodyBudget(1 << 30, retry_after_s=3)
+    body = budget.buffer(2 << 20)
+    view = np.frombuffer(body, dtype=np.uint8)
+    budget.recycle(body)  # still viewed: it must not be handed out again
+    assert budget.buffer(2 << 20) is not body
+    del view
+    budget.recycle(body)
+    assert budget.buffer(2 << 20) is body and len(body) == 2 << 20
+    assert budget.buffer(2 << 20) is not body  # handed out once
+
+
+def test_large_bodies_of_one_size_back_to_back_each_get_their_own_answer(client):
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.standard_normal((4, 64, 64, 64)).astype(np.float32)  # 4 MiB: its buffer is reused
+        response = client.post(
+            "/pool/max2d?kernel_size=2", content=npy_bytes(x), headers={"content-type": "application/x-npy"}
+        )
+        got = load_npz(response.content)["output"]
+        np.testing.assert_array_equal(got, x.reshape(4, 64, 32, 2, 32, 2).max(axis=(3, 5)))
 
 
 def test_the_budget_comes_back_after_every_request(client):
