@@ -139,38 +139,15 @@ def main() -> None:
                 r,
             )
         )
-        ratios.append(
-            compare(
-                "adaptive-max2d int64 56->7 vs float64 adaptive_max_pool2d",
-                service("adaptive-max2d", xi, output_size=7, return_indices=True),
-                lambda: F.adaptive_max_pool2d(xf, 7, return_indices=True),
-                r,
-            )
-        )
-        ratios.append(
-            compare(
-                "adaptive-max2d int64 56->5 (uneven windows) vs float64",
-                service("adaptive-max2d", xi, output_size=5, return_indices=True),
-                lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
-                r,
-            )
-        )
-        ratios.append(
-            compare(
-                "  the same with int64 timestamps (beyond 2**53)",
-                service("adaptive-max2d", stamps, output_size=5, return_indices=True),
-                lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
-                r,
-            )
-        )
-        ratios.append(
-            compare(
-                "  the same with int64 values beyond 2**53, 2**60 apart",
-                service("adaptive-max2d", xbig, output_size=5, return_indices=True),
-                lambda: F.adaptive_max_pool2d(xf, 5, return_indices=True),
-                r,
-            )
-        )
+        integer_rows = [
+            ("adaptive-max2d int64 56->7 vs float64 adaptive_max_pool2d", xi, 7),
+            ("adaptive-max2d int64 56->5 (uneven windows) vs float64", xi, 5),
+            ("  the same with int64 timestamps (beyond 2**53)", stamps, 5),
+            ("  the same with int64 values beyond 2**53, 2**60 apart", xbig, 5),
+        ]
+        for name, values, size in integer_rows:
+            ours = service("adaptive-max2d", values, output_size=size, return_indices=True)
+            ratios.append(compare(name, ours, lambda size=size: F.adaptive_max_pool2d(xf, size, True), r))
         ratios.append(
             compare(
                 "max2d k2 channels_last vs channels_first",
