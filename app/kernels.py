@@ -169,7 +169,9 @@ def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
     return _ADAPTIVE_AVG[len(plan.sizes)](x, list(plan.sizes)), None
 
 
-_FLOAT64_EXACT = 2**53  # every integer up to this size is a float64
+_SMALLEST_NORMAL_BITS = 1 << 52  # the bits of float64's smallest normal number
+_LARGEST_FINITE_BITS = 0x7FEFFFFFFFFFFFFF  # and of its largest finite one
+_INT64_MIN = -(1 << 63)
 
 
 def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,22 +182,26 @@ def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch
         # Windows of equal size, side by side: torch's max pooling, which takes integers.
         kernel = [size // out for size, out in zip(spatial, sizes, strict=True)]
         return _MAX[rank](x, kernel, kernel, return_indices=True)
-    # torch's float kernel finds each window's first largest value as a float64; every
-    # integer within 2**53 of zero, or of the smallest value, is one exactly.
+    # torch's float kernel finds each window's first largest value as a float64.
     float_kernel = _ADAPTIVE_MAX[rank]
     if x.dtype != torch.int64 or x.numel() == 0:
-        out, indices = float_kernel(x.double(), list(sizes), True)
+        out, indices = float_kernel(x.double(), list(sizes), True)  # smaller integers are float64s exactly
         return out.to(x.dtype), indices
     low, high = (int(bound) for bound in torch.aminmax(x))
-    if -_FLOAT64_EXACT <= low and high <= _FLOAT64_EXACT:
-        out, indices = float_kernel(x.double(), list(sizes), True)
-        return out.long(), indices
-    if high - low <= _FLOAT64_EXACT:  # large values close together, as timestamps are
-        out, indices = float_kernel((x - low).double(), list(sizes), True)
-        return out.long() + low, indices
-    # Farther apart, rounding may merge a window's largest values. Rounding keeps order,
-    # so where the value picked is the window's exact maximum it is also the first place
-    # that holds it; the rare windows where it is not are searched cell by cell.
+    base = 0 if low >= _SMALLEST_NORMAL_BITS else low - _SMALLEST_NORMAL_BITS
+    if base >= _INT64_MIN and high - base <= _LARGEST_FINITE_BITS:
+        # Positive float64s order as their bit patterns do. Each value's distance from
+        # `base`, read as the bits of a float64, is then a key the float kernel ranks
+        # as it ranks the integers themselves, however large, and none is subnormal,
+        # infinite or NaN. Large positive values (timestamps) are their own keys, read
+        # in place; others take one pass to shift.
+        keys = (x - base if base else x).view(torch.float64)
+        out, indices = float_kernel(keys, list(sizes), True)
+        return out.view(torch.int64) + base, indices
+    # Values spread over nearly all of int64: their float64 roundings keep their order but
+    # may merge a window's largest values. Where the value picked is the window's exact
+    # maximum it is also the first place that holds it; where it is not, the window is
+    # searched cell by cell.
     _, indices = float_kernel(x.double(), list(sizes), True)
     exact = window_max(x, sizes)
     picked = x.flatten(2).gather(2, indices.flatten(2)).reshape(indices.shape)

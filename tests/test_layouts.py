@@ -166,17 +166,28 @@ def test_integer_adaptive_max_is_exact_at_the_extremes(client, op, dtype):
 @st.composite
 def beyond_float_cases(draw):
     """int64 inputs no float64 holds, with ties, over even windows (torch's integer
-    pooling) and uneven ones: spread apart, where rounding merges some of the largest
-    values (those windows are searched cell by cell) and leaves others apart, or close
-    together as timestamps are (pooled less their smallest value)."""
+    pooling) and uneven ones: close together as timestamps are, far apart, and spread
+    over nearly all of int64 (where rounding merges some windows' largest values and
+    those windows are searched cell by cell), and at both ends of the range."""
     rank = draw(st.integers(1, 3))
     spatial = draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank))
     sizes = draw(st.lists(st.integers(1, 11), min_size=rank, max_size=rank))
     shape = [draw(st.integers(1, 2)), draw(st.integers(1, 2)), *spatial]
-    if draw(st.booleans()):
-        levels = np.array([2**62 + 1, 2**62, 2**62 - 1, 2**53 + 1, -(2**62) - 3], dtype=np.int64)
-    else:
-        levels = 1_764_000_000_123_456_789 + np.array([0, 1, 2, 2**40, 2**53], dtype=np.int64)
+    top, bottom = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    levels = np.array(
+        draw(
+            st.sampled_from(
+                [
+                    [1_764_000_000_123_456_789 + d for d in (0, 1, 2, 2**40, 2**53)],
+                    [2**61, 2**61 - 1, -(2**61), -(2**61) + 1, 2**53 + 1],
+                    [2**62 + 1, 2**62, 2**62 - 1, 2**53 + 1, -(2**62) - 3],
+                    [top, top - 1, bottom, bottom + 1, 0],
+                    [bottom + 2**52, bottom + 2**52 + 1, -1, 0, 2**62],
+                ]
+            )
+        ),
+        dtype=np.int64,
+    )
     x = levels[np.random.default_rng(draw(st.integers(0, 2**31))).integers(0, len(levels), size=shape)]
     return x, sizes
 
