@@ -69,6 +69,7 @@ def main() -> None:
     xi = torch.randint(-(2**40), 2**40, (8, 64, 56, 56), dtype=torch.int64)
     xbig = xi * 2**20  # beyond 2**53 and far apart: no float64 holds these exactly
     stamps = 1_764_000_000_000_000_000 + xi  # nanosecond timestamps: beyond 2**53, close together
+    spread = torch.randint(-(2**63), 2**63 - 1, xi.shape, dtype=torch.int64)  # over all of int64
     xf = xi.to(torch.float64)  # equal work: the same element size
     r = args.repeat
     print(f"torch {torch.__version__}, {args.threads} threads, input {tuple(x.shape)} float32, median of {r}")
@@ -144,6 +145,7 @@ def main() -> None:
             ("adaptive-max2d int64 56->5 (uneven windows) vs float64", xi, 5),
             ("  the same with int64 timestamps (beyond 2**53)", stamps, 5),
             ("  the same with int64 values beyond 2**53, 2**60 apart", xbig, 5),
+            ("  the same with int64 values spread over all of int64", spread, 5),
         ]
         for name, values, size in integer_rows:
             ours = service("adaptive-max2d", values, output_size=size, return_indices=True)
