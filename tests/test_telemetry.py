@@ -44,6 +44,43 @@ def test_metrics_count_requests_latency_bytes_and_rejections(make_client):
     assert "no-such-op" not in text
 
 
+def test_the_kept_counts_expose_as_prometheus_clients_own_metrics_would():
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from app.telemetry import LATENCY_BUCKETS, Metrics
+
+    ours = Metrics("cpu", "test")
+    registry = CollectorRegistry()
+    latency = Histogram("pool_request_duration_seconds", "", ("op",), buckets=LATENCY_BUCKETS, registry=registry)
+    requests = Counter("pool_requests", "", ("op", "status"), registry=registry)
+    received = Counter("pool_request_bytes", "", ("op",), registry=registry)
+    # Bucket bounds themselves, between them, beyond the last, and two ops.
+    for op, status, seconds, size in [
+        ("max2d", 200, 0.0005, 10),
+        ("max2d", 200, 0.0007, 20),
+        ("max2d", 422, 0.01, 30),
+        ("avg1d", 200, 12.0, 40),
+        ("avg1d", 413, 0.0, 50),
+    ]:
+        ours.observe(op, status, seconds, size, 1)
+        latency.labels(op).observe(seconds)
+        requests.labels(op, str(status)).inc()
+        received.labels(op).inc(size)
+    mine, theirs = generate_latest(ours.registry).decode(), generate_latest(registry).decode()
+    for op in ("max2d", "avg1d"):
+        for bound in (*LATENCY_BUCKETS, "+Inf"):
+            name = "pool_request_duration_seconds_bucket"
+            assert metric(mine, name, le=str(bound), op=op) == metric(theirs, name, le=str(bound), op=op)
+        for name in ("pool_request_duration_seconds_count", "pool_request_duration_seconds_sum"):
+            assert metric(mine, name, op=op) == pytest.approx(metric(theirs, name, op=op))
+        assert metric(mine, "pool_request_bytes_total", op=op) == metric(theirs, "pool_request_bytes_total", op=op)
+    for op, status in (("max2d", 200), ("max2d", 422), ("avg1d", 200), ("avg1d", 413)):
+        assert metric(mine, "pool_requests_total", op=op, status=str(status)) == metric(
+            theirs, "pool_requests_total", op=op, status=str(status)
+        )
+    assert metric(mine, "pool_rejected_total", reason="too_large") == 1
+
+
 def test_metrics_need_a_key_when_keys_are_set(make_client):
     client = make_client(api_keys=["k1"])
     assert client.get("/metrics").status_code == 401
