@@ -169,11 +169,6 @@ def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
     return _ADAPTIVE_AVG[len(plan.sizes)](x, list(plan.sizes)), None
 
 
-_SMALLEST_NORMAL_BITS = 1 << 52  # the bits of float64's smallest normal number
-_LARGEST_FINITE_BITS = 0x7FEFFFFFFFFFFFFF  # and of its largest finite one
-_INT64_MIN = -(1 << 63)
-
-
 def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive max pooling of integers, which torch's kernel refuses, exactly."""
     rank = len(sizes)
@@ -187,82 +182,47 @@ def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch
     if x.dtype != torch.int64 or x.numel() == 0:
         out, indices = float_kernel(x.double(), list(sizes), True)  # smaller integers are float64s exactly
         return out.to(x.dtype), indices
+    if abs(int(x[(0,) * x.dim()])) < _FLOAT64_EXACT:
+        # Most int64 data is small, and float64 holds it exactly: try that first. Every
+        # window maximum strictly within 2**53 of zero proves it: nothing rounded could
+        # then have tied with it or beaten it.
+        out, indices = float_kernel(x.double(), list(sizes), True)
+        if bool(((out > -_FLOAT64_EXACT) & (out < _FLOAT64_EXACT)).all()):
+            return out.long(), indices
     low, high = (int(bound) for bound in torch.aminmax(x))
-    base = 0 if low >= _SMALLEST_NORMAL_BITS else low - _SMALLEST_NORMAL_BITS
-    if base >= _INT64_MIN and high - base <= _LARGEST_FINITE_BITS:
-        # Positive float64s order as their bit patterns do. Each value's distance from
-        # `base`, read as the bits of a float64, is then a key the float kernel ranks
-        # as it ranks the integers themselves, however large, and none is subnormal,
-        # infinite or NaN. Large positive values (timestamps) are their own keys, read
-        # in place; others take one pass to shift.
-        keys = (x - base if base else x).view(torch.float64)
-        out, indices = float_kernel(keys, list(sizes), True)
-        return out.view(torch.int64) + base, indices
-    # Values spread over nearly all of int64: their float64 roundings keep their order but
-    # may merge a window's largest values. Where the value picked is the window's exact
-    # maximum it is also the first place that holds it; where it is not, the window is
-    # searched cell by cell.
-    _, indices = float_kernel(x.double(), list(sizes), True)
-    exact = window_max(x, sizes)
-    picked = x.flatten(2).gather(2, indices.flatten(2)).reshape(indices.shape)
-    wrong = (picked != exact).nonzero()
-    if len(wrong):
-        indices[wrong.unbind(1)] = _first_maxima(x, sizes, wrong, exact[wrong.unbind(1)])
-    return exact, indices
+    # Positive float64s order as their bit patterns do, so a value's distance from a
+    # base, read as the bits of a float64, is a key the float kernel ranks exactly as
+    # it ranks the integers, however large. Keys run from the smallest normal float64
+    # to the largest finite one (never subnormal, infinite or NaN): 2**63 - 2**53
+    # values. Values spread wider than that, from one end of int64 to the other, share
+    # the lowest key below `least`, and the rare windows whose maximum lies down there
+    # are searched cell by cell.
+    if _SMALLEST_NORMAL_BITS <= low and high <= _LARGEST_FINITE_BITS:
+        # Large positive values, as timestamps are, are their own keys, read in place.
+        out, indices = float_kernel(x.view(torch.float64), list(sizes), True)
+        return out.view(torch.int64), indices
+    least = max(low, high - _KEY_VALUES + 2)
+    base = least - 1 - _SMALLEST_NORMAL_BITS  # the value whose key is the lowest
+    clamped = x.clamp_min(least - 1) if least > low else None  # shifted in place below
+    if base >= _INT64_MIN:
+        keys = clamped.sub_(base) if clamped is not None else x - base
+    else:  # values near int64's least: `base` itself is out of range, so two steps
+        keys = (clamped if clamped is not None else x).sub(least).add_(least - base)
+    out, indices = float_kernel(keys.view(torch.float64), list(sizes), True)
+    values = out.view(torch.int64) - (least - base) + least
+    if least > low:
+        low_windows = (values < least).nonzero()
+        if len(low_windows):
+            at = low_windows.unbind(1)
+            values[at], indices[at] = _first_maxima(x, sizes, low_windows)
+    return values, indices
 
 
-_MAX_CLASSES = 32  # beyond this many classes of windows in a dimension, gathering costs less (56 rows: 33)
-
-
-def window_max(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    """The exact maximum of every adaptive window, of any dtype. Max is separable:
-    one dimension at a time, the outer ones first, which torch reduces in long
-    vectorised runs along the rows."""
-    values = x
-    for dim, out in enumerate(sizes):
-        values = _window_max_along(values, 2 + dim, out)
-    return values
-
-
-def _window_max_along(t: torch.Tensor, axis: int, out: int) -> torch.Tensor:
-    size = t.shape[axis]
-    classes, per_class = _window_classes(size, out)
-    if axis == t.dim() - 1 or len(classes) > _MAX_CLASSES:
-        cells, _ = _adaptive_windows(size, out, t.device)
-        return t.index_select(axis, cells.flatten()).unflatten(axis, tuple(cells.shape)).amax(axis + 1)
-    parts = []
-    for c in classes:
-        # The class's windows as a view: (..., window, cell, ...).
-        shape = [*t.shape[:axis], per_class, c.width, *t.shape[axis + 1 :]]
-        stride = [*t.stride()[:axis], c.step * t.stride(axis), t.stride(axis), *t.stride()[axis + 1 :]]
-        parts.append(t.as_strided(shape, stride, t.storage_offset() + c.start * t.stride(axis)).amax(axis + 1))
-    # Window k of class c is output position k * classes + c.
-    return torch.stack(parts, axis + 1).flatten(axis, axis + 1)
-
-
-@dataclass(frozen=True)
-class _WindowClass:
-    """Every `classes`-th adaptive window along one dimension: all of one width and a
-    fixed step apart, so one strided view holds them all."""
-
-    start: int  # where the class's first window starts
-    width: int
-    step: int  # positions from one of its windows to the next
-
-
-def _window_classes(size: int, out: int) -> tuple[list[_WindowClass], int]:
-    """The classes of adaptive windows along one dimension, and windows per class.
-
-    Window i spans [floor(i*size/out), ceil((i+1)*size/out)); window i + out/g, for
-    g = gcd(size, out), starts and ends exactly size/g later. So window i belongs
-    to class i mod (out/g), and every class holds g windows."""
-    common = math.gcd(size, out)
-    every, step = out // common, size // common
-    classes = []
-    for first in range(every):
-        start = first * size // out
-        classes.append(_WindowClass(start, -(-(first + 1) * size // out) - start, step))
-    return classes, common
+_FLOAT64_EXACT = 1 << 53  # every integer within this of zero is a float64
+_SMALLEST_NORMAL_BITS = 1 << 52  # the bits of float64's smallest normal number
+_LARGEST_FINITE_BITS = 0x7FEFFFFFFFFFFFFF  # and of its largest finite one
+_KEY_VALUES = _LARGEST_FINITE_BITS - _SMALLEST_NORMAL_BITS + 1
+_INT64_MIN = -(1 << 63)
 
 
 def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,9 +237,9 @@ def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.
     return cells.to(device), start.to(device)
 
 
-def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
-    """For the windows at `where` (rows of n, c and output positions), the first place in
-    the plane, in row-major order, that holds its maximum: every cell compared."""
+def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the windows at `where` (rows of n, c and output positions), each maximum and
+    the first place in the plane, in row-major order, that holds it: every cell read."""
     spatial = x.shape[2:]
     flat = torch.zeros(len(where), dtype=torch.int64, device=x.device)
     for dim, out in enumerate(sizes):
@@ -288,7 +248,9 @@ def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor, 
     flat = flat.reshape(len(where), -1)
     planes = x.reshape(x.shape[0] * x.shape[1], -1)
     values = planes[(where[:, 0] * x.shape[1] + where[:, 1]).unsqueeze(-1), flat]
-    return torch.where(values == maxima.unsqueeze(-1), flat, torch.iinfo(torch.int64).max).amin(-1)
+    maxima = values.amax(-1)
+    first = torch.where(values == maxima.unsqueeze(-1), flat, torch.iinfo(torch.int64).max).amin(-1)
+    return maxima, first
 
 
 def global_plan(rank: int) -> Callable[[Any, Shape, int], Plan]:

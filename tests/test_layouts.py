@@ -164,11 +164,12 @@ def test_integer_adaptive_max_is_exact_at_the_extremes(client, op, dtype):
 
 
 @st.composite
-def beyond_float_cases(draw):
-    """int64 inputs no float64 holds, with ties, over even windows (torch's integer
-    pooling) and uneven ones: close together as timestamps are, far apart, and spread
-    over nearly all of int64 (where rounding merges some windows' largest values and
-    those windows are searched cell by cell), and at both ends of the range."""
+def int64_cases(draw):
+    """int64 inputs, with ties, over even windows (torch's integer pooling) and uneven
+    ones: within float64's exact range and at its edges (where rounding would merge
+    neighbours), close together as timestamps are, far apart, spread over all of int64
+    (where windows whose maximum lies below the keys are searched cell by cell), and at
+    both ends of the range."""
     rank = draw(st.integers(1, 3))
     spatial = draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank))
     sizes = draw(st.lists(st.integers(1, 11), min_size=rank, max_size=rank))
@@ -179,6 +180,9 @@ def beyond_float_cases(draw):
             st.sampled_from(
                 [
                     [1_764_000_000_123_456_789 + d for d in (0, 1, 2, 2**40, 2**53)],
+                    [-(2**53) + 1, 2**53 - 1, 0, -5, 7],
+                    [2**53 + 1, 2**53, 2**53 - 1, 1, -1],
+                    [-(2**53) - 1, -(2**53), -(2**53) + 1],
                     [2**61, 2**61 - 1, -(2**61), -(2**61) + 1, 2**53 + 1],
                     [2**62 + 1, 2**62, 2**62 - 1, 2**53 + 1, -(2**62) - 3],
                     [top, top - 1, bottom, bottom + 1, 0],
@@ -193,8 +197,8 @@ def beyond_float_cases(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(beyond_float_cases())
-def test_int64_adaptive_max_beyond_float_precision_matches_element_by_element(client, case):
+@given(int64_cases())
+def test_int64_adaptive_max_matches_element_by_element_at_any_size(client, case):
     x, sizes = case
     op = f"adaptive-max{len(sizes)}d"
     body = pool(client, op, input=x.tolist(), dtype="int64", output_size=sizes, return_indices=True)
