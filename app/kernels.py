@@ -225,16 +225,15 @@ _KEY_VALUES = _LARGEST_FINITE_BITS - _SMALLEST_NORMAL_BITS + 1
 _INT64_MIN = -(1 << 63)
 
 
-def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cells, starts): the input positions of each adaptive window, (out, widest), and
-    where each starts. Short windows repeat their last cell, which changes neither the
-    max nor the first position that holds it."""
+def _adaptive_windows(size: int, out: int, device: torch.device) -> torch.Tensor:
+    """The input positions of each adaptive window, (out, widest). Short windows repeat
+    their last cell, which changes neither the max nor the first position that holds it."""
     i = torch.arange(out, dtype=torch.int64)
     start = (i * size).div(out, rounding_mode="floor")
     end = ((i + 1) * size + out - 1).div(out, rounding_mode="floor")
     widest = int((end - start).max())
     cells = torch.minimum(start[:, None] + torch.arange(widest, dtype=torch.int64)[None, :], end[:, None] - 1)
-    return cells.to(device), start.to(device)
+    return cells.to(device)
 
 
 def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +242,7 @@ def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor) 
     spatial = x.shape[2:]
     flat = torch.zeros(len(where), dtype=torch.int64, device=x.device)
     for dim, out in enumerate(sizes):
-        cells, _ = _adaptive_windows(spatial[dim], out, x.device)
+        cells = _adaptive_windows(spatial[dim], out, x.device)
         flat = flat.unsqueeze(-1) * spatial[dim] + cells[where[:, 2 + dim]].reshape(len(where), *[1] * dim, -1)
     flat = flat.reshape(len(where), -1)
     planes = x.reshape(x.shape[0] * x.shape[1], -1)
