@@ -29,7 +29,6 @@ from app.errors import InvalidParameters, TooLarge
 
 Pads = tuple[tuple[int, int], ...]
 SAME_FORMS = ("same", "same_lower")
-STRING_FORMS = ("valid", *SAME_FORMS)
 
 
 @dataclass(frozen=True)
