@@ -172,57 +172,63 @@ def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
 def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive max pooling of integers, which torch's kernel refuses, exactly."""
     rank = len(sizes)
-    spatial = x.shape[2:]
-    if all(size % out == 0 for size, out in zip(spatial, sizes, strict=True)):
-        # Windows of equal size, side by side: torch's max pooling, which takes integers.
-        kernel = [size // out for size, out in zip(spatial, sizes, strict=True)]
-        return _MAX[rank](x, kernel, kernel, return_indices=True)
+    uniform = [_uniform_windows(size, out) for size, out in zip(x.shape[2:], sizes, strict=True)]
+    if all(uniform):
+        # Windows of one size at one stride: torch's max pooling, which takes integers.
+        kernel, stride = zip(*uniform, strict=True)
+        return _MAX[rank](x, list(kernel), list(stride), return_indices=True)
     # torch's float kernel finds each window's first largest value as a float64.
     float_kernel = _ADAPTIVE_MAX[rank]
     if x.dtype != torch.int64 or x.numel() == 0:
         out, indices = float_kernel(x.double(), list(sizes), True)  # smaller integers are float64s exactly
         return out.to(x.dtype), indices
-    if abs(int(x[(0,) * x.dim()])) < _FLOAT64_EXACT:
-        # Most int64 data is small, and float64 holds it exactly: try that first. Every
-        # window maximum strictly within 2**53 of zero proves it: nothing rounded could
-        # then have tied with it or beaten it.
-        out, indices = float_kernel(x.double(), list(sizes), True)
-        if bool(((out > -_FLOAT64_EXACT) & (out < _FLOAT64_EXACT)).all()):
-            return out.long(), indices
-    low, high = (int(bound) for bound in torch.aminmax(x))
-    # Positive float64s order as their bit patterns do, so a value's distance from a
-    # base, read as the bits of a float64, is a key the float kernel ranks exactly as
-    # it ranks the integers, however large. Keys run from the smallest normal float64
-    # to the largest finite one (never subnormal, infinite or NaN): 2**63 - 2**53
-    # values. Values spread wider than that, from one end of int64 to the other, share
-    # the lowest key below `least`, and the rare windows whose maximum lies down there
-    # are searched cell by cell.
-    if _SMALLEST_NORMAL_BITS <= low and high <= _LARGEST_FINITE_BITS:
-        # Large positive values, as timestamps are, are their own keys, read in place.
-        out, indices = float_kernel(x.view(torch.float64), list(sizes), True)
-        return out.view(torch.int64), indices
-    least = max(low, high - _KEY_VALUES + 2)
-    base = least - 1 - _SMALLEST_NORMAL_BITS  # the value whose key is the lowest
-    clamped = x.clamp_min(least - 1) if least > low else None  # shifted in place below
-    if base >= _INT64_MIN:
-        keys = clamped.sub_(base) if clamped is not None else x - base
-    else:  # values near int64's least: `base` itself is out of range, so two steps
-        keys = (clamped if clamped is not None else x).sub(least).add_(least - base)
+    # Positive normal float64s order as their bit patterns do, so int64 values shifted
+    # into those patterns (2**52 to 0x7FEF...) are keys that the float kernel ranks as
+    # it ranks the integers, however large. The shift never overflows: it moves the
+    # largest value at most to the largest finite float64. Values that land outside the
+    # keys read as subnormal, negative, infinite or NaN; none beats a key unseen (a NaN
+    # stays its window's maximum), so each window whose maximum is a key is exact and
+    # the others, rare, are searched cell by cell. When a sample says the values are
+    # keys already (large positives, as timestamps are), they are read in place: the
+    # sample saves a pass over the input, and decides no result.
+    sample = torch.take(x, torch.linspace(0, x.numel() - 1, 64, dtype=torch.int64, device=x.device))
+    if bool(((sample >= _SMALLEST_NORMAL_BITS) & (sample <= _LARGEST_FINITE_BITS)).all()):
+        shift = 0
+    else:
+        shift = max(0, _LARGEST_FINITE_BITS - int(x.amax()))
+    if shift == 0:
+        keys = x
+    elif shift <= _INT64_MAX:
+        keys = x + shift
+    else:  # every value is below -2**52, and the shift itself out of range: two steps
+        keys = (x + _INT64_MAX).add_(shift - _INT64_MAX)
     out, indices = float_kernel(keys.view(torch.float64), list(sizes), True)
-    values = out.view(torch.int64) - (least - base) + least
-    if least > low:
-        low_windows = (values < least).nonzero()
-        if len(low_windows):
-            at = low_windows.unbind(1)
-            values[at], indices[at] = _first_maxima(x, sizes, low_windows)
+    values = out.view(torch.int64)
+    undecided = ((values < _SMALLEST_NORMAL_BITS) | (values > _LARGEST_FINITE_BITS)).nonzero()
+    values = values - shift
+    if len(undecided):
+        at = undecided.unbind(1)
+        values[at], indices[at] = _first_maxima(x, sizes, undecided)
     return values, indices
 
 
-_FLOAT64_EXACT = 1 << 53  # every integer within this of zero is a float64
+def _uniform_windows(size: int, out: int) -> tuple[int, int] | None:
+    """The (kernel, stride) of the max pooling whose windows are the adaptive ones, where
+    there is one. Adaptive windows run from floor(i * size / out) to
+    ceil((i + 1) * size / out): with size = q * out + r, they are q cells every q when
+    r is 0, q + 1 cells every q when r is 1 (56 -> 5: 12 cells every 11), and uneven
+    otherwise."""
+    q, r = divmod(size, out)
+    if r == 0:
+        return q, q
+    if r == 1 and q >= 1:
+        return q + 1, q
+    return None
+
+
 _SMALLEST_NORMAL_BITS = 1 << 52  # the bits of float64's smallest normal number
 _LARGEST_FINITE_BITS = 0x7FEFFFFFFFFFFFFF  # and of its largest finite one
-_KEY_VALUES = _LARGEST_FINITE_BITS - _SMALLEST_NORMAL_BITS + 1
-_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
 
 
 def _adaptive_windows(size: int, out: int, device: torch.device) -> torch.Tensor:
@@ -238,18 +244,20 @@ def _adaptive_windows(size: int, out: int, device: torch.device) -> torch.Tensor
 
 def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For the windows at `where` (rows of n, c and output positions), each maximum and
-    the first place in the plane, in row-major order, that holds it: every cell read."""
-    spatial = x.shape[2:]
-    flat = torch.zeros(len(where), dtype=torch.int64, device=x.device)
+    the first place in the plane, in row-major order, that holds it: every cell read,
+    from memory as it lies (channels-last included)."""
+    n, spatial, strides = len(where), x.shape[2:], x.stride()
+    place = torch.zeros(n, dtype=torch.int64, device=x.device)  # in the plane, row-major
+    memory = where[:, 0] * strides[0] + where[:, 1] * strides[1]
     for dim, out in enumerate(sizes):
-        cells = _adaptive_windows(spatial[dim], out, x.device)
-        flat = flat.unsqueeze(-1) * spatial[dim] + cells[where[:, 2 + dim]].reshape(len(where), *[1] * dim, -1)
-    flat = flat.reshape(len(where), -1)
-    planes = x.reshape(x.shape[0] * x.shape[1], -1)
-    values = planes[(where[:, 0] * x.shape[1] + where[:, 1]).unsqueeze(-1), flat]
-    maxima = values.amax(-1)
-    first = torch.where(values == maxima.unsqueeze(-1), flat, torch.iinfo(torch.int64).max).amin(-1)
-    return maxima, first
+        cells = _adaptive_windows(spatial[dim], out, x.device)[where[:, 2 + dim]].reshape(n, *[1] * dim, -1)
+        place = place.unsqueeze(-1) * spatial[dim] + cells
+        memory = memory.unsqueeze(-1) + cells * strides[2 + dim]
+    span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, strides, strict=True))
+    values = x.as_strided((span,), (1,)).index_select(0, memory.reshape(-1)).reshape(n, -1)
+    # Places only grow along a window's cells, so the first maximum is the first place.
+    maxima, first = values.max(-1)
+    return maxima, place.reshape(n, -1).gather(-1, first.unsqueeze(-1)).squeeze(-1)
 
 
 def global_plan(rank: int) -> Callable[[Any, Shape, int], Plan]:

@@ -142,10 +142,11 @@ def main() -> None:
         )
         integer_rows = [
             ("adaptive-max2d int64 56->7 vs float64 adaptive_max_pool2d", xi, 7),
-            ("adaptive-max2d int64 56->5 (uneven windows) vs float64", xi, 5),
-            ("  the same with int64 timestamps (beyond 2**53)", stamps, 5),
-            ("  the same with int64 values beyond 2**53, 2**60 apart", xbig, 5),
-            ("  the same with int64 values spread over all of int64", spread, 5),
+            ("adaptive-max2d int64 56->5 (12 cells every 11) vs float64", xi, 5),
+            ("adaptive-max2d int64 56->6 (uneven windows) vs float64", xi, 6),
+            ("  the same with int64 timestamps (beyond 2**53)", stamps, 6),
+            ("  the same with int64 values beyond 2**53, 2**60 apart", xbig, 6),
+            ("  the same with int64 values spread over all of int64", spread, 6),
         ]
         for name, values, size in integer_rows:
             ours = service("adaptive-max2d", values, output_size=size, return_indices=True)

@@ -165,11 +165,13 @@ def test_integer_adaptive_max_is_exact_at_the_extremes(client, op, dtype):
 
 @st.composite
 def int64_cases(draw):
-    """int64 inputs, with ties, over even windows (torch's integer pooling) and uneven
-    ones: within float64's exact range and at its edges (where rounding would merge
-    neighbours), close together as timestamps are, far apart, spread over all of int64
-    (where windows whose maximum lies below the keys are searched cell by cell), and at
-    both ends of the range."""
+    """int64 inputs, with ties, over windows of one size and stride (torch's integer
+    pooling) and uneven ones: within float64's exact range and at its edges, close
+    together as timestamps are, far apart, spread over all of int64, at both ends of
+    the range and at the edges of the float64 keys (where windows whose maximum has no
+    key, or that hold a NaN key, are searched cell by cell), all below -2**52 (the
+    shift in two steps), and large positives (their own keys) with a rare value that
+    is no key, which a sample of the input can miss."""
     rank = draw(st.integers(1, 3))
     spatial = draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank))
     sizes = draw(st.lists(st.integers(1, 11), min_size=rank, max_size=rank))
@@ -187,6 +189,11 @@ def int64_cases(draw):
                     [2**62 + 1, 2**62, 2**62 - 1, 2**53 + 1, -(2**62) - 3],
                     [top, top - 1, bottom, bottom + 1, 0],
                     [bottom + 2**52, bottom + 2**52 + 1, -1, 0, 2**62],
+                    [0x7FEFFFFFFFFFFFFF, 0x7FF0000000000000, 2**52, 2**52 - 1, 0, -1],
+                    [bottom, bottom + 1, -(2**52) - 1, -(2**52) - 2],
+                    [2**60 + d % 3 for d in range(63)] + [-1],
+                    [2**60 + d % 3 for d in range(63)] + [0x7FF0000000000001],
+                    [2**60 + d % 3 for d in range(63)] + [-(2**60)],
                 ]
             )
         ),
