@@ -191,7 +191,7 @@ def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch
     # the others, rare, are searched cell by cell. When a sample says the values are
     # keys already (large positives, as timestamps are), they are read in place: the
     # sample saves a pass over the input, and decides no result.
-    sample = torch.take(x, torch.linspace(0, x.numel() - 1, 64, dtype=torch.int64, device=x.device))
+    sample = torch.take(x, torch.arange(64, device=x.device) * (x.numel() - 1) // 63)  # first to last
     if bool(((sample >= _SMALLEST_NORMAL_BITS) & (sample <= _LARGEST_FINITE_BITS)).all()):
         shift = 0
     else:
