@@ -186,11 +186,11 @@ def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch
     # into those patterns (2**52 to 0x7FEF...) are keys that the float kernel ranks as
     # it ranks the integers, however large. The shift never overflows: it moves the
     # largest value at most to the largest finite float64. Values that land outside the
-    # keys read as subnormal, negative, infinite or NaN; none beats a key unseen (a NaN
-    # stays its window's maximum), so each window whose maximum is a key is exact and
-    # the others, rare, are searched cell by cell. When a sample says the values are
-    # keys already (large positives, as timestamps are), they are read in place: the
-    # sample saves a pass over the input, and decides no result.
+    # keys read as subnormal, negative, infinite or NaN. None of them can beat a key
+    # without it showing (a NaN stays its window's result), so each window whose result
+    # is a key is exact and the others, rare, are searched cell by cell. When a sample
+    # says the values are keys already (large positives, as timestamps are), they are
+    # read in place: the sample saves a pass over the input, and decides no result.
     sample = torch.take(x, torch.arange(64, device=x.device) * (x.numel() - 1) // 63)  # first to last
     if bool(((sample >= _SMALLEST_NORMAL_BITS) & (sample <= _LARGEST_FINITE_BITS)).all()):
         shift = 0
@@ -203,9 +203,9 @@ def adaptive_max_integer(x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch
     else:  # every value is below -2**52, and the shift itself out of range: two steps
         keys = (x + _INT64_MAX).add_(shift - _INT64_MAX)
     out, indices = float_kernel(keys.view(torch.float64), list(sizes), True)
-    values = out.view(torch.int64)
+    values = out.view(torch.int64)  # the kernel's own output: shifted back in place
     undecided = ((values < _SMALLEST_NORMAL_BITS) | (values > _LARGEST_FINITE_BITS)).nonzero()
-    values = values - shift
+    values.sub_(shift)
     if len(undecided):
         at = undecided.unbind(1)
         values[at], indices[at] = _first_maxima(x, sizes, undecided)
