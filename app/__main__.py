@@ -16,19 +16,20 @@ from typing import Any
 
 import uvicorn
 
-from app import lifecycle
+from app.pipeline import Lifecycle
 from app.settings import Settings
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain_s: float, lifecycle: Lifecycle) -> None:
         super().__init__(config)
         self._drain_s = drain_s
+        self._lifecycle = lifecycle
         self._exit_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self._exit_at is None and self._drain_s > 0:
-            lifecycle.draining = True
+            self._lifecycle.draining = True
             self._exit_at = time.monotonic() + self._drain_s
             return
         super().handle_exit(sig, frame)
@@ -57,7 +58,10 @@ def main() -> None:
         # uvicorn's supervisor runs the workers; each still lets in-flight requests finish.
         uvicorn.run("app.main:app", **options)
         return
-    DrainingServer(uvicorn.Config("app.main:app", **options), settings.drain_s).run()
+    from app.main import create_app
+
+    app = create_app(settings)
+    DrainingServer(uvicorn.Config(app, **options), settings.drain_s, app.state.runtime.lifecycle).run()
 
 
 if __name__ == "__main__":

@@ -18,15 +18,15 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 import orjson
 
+from app.negotiation import JSON, NPY, NPZ
 from app.operations import OPERATIONS, Operation
 
-NPY, NPZ, JSON = "application/x-npy", "application/x-npz", "application/json"
 Result = Any  # np.ndarray, (output, indices), or a dry run's dict
 
 
@@ -114,12 +114,7 @@ def _retry_after(response: httpx.Response) -> float:
         return 1.0
 
 
-class _Methods:
-    """One method per operation: `client.max2d(x, kernel_size=2)`, `client.adaptive_avg1d(...)`."""
-
-    def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Any:
-        raise NotImplementedError
-
+class _Common:
     _http: httpx.Client | httpx.AsyncClient
 
     def _setup(self, api_key: str | None, transport: str, retries: int) -> None:
@@ -128,22 +123,31 @@ class _Methods:
         if api_key:
             self._http.headers["authorization"] = f"Bearer {api_key}"
 
-    @staticmethod
-    def _method(operation: Operation) -> Callable[..., Any]:
-        def method(self: _Methods, x: Any = None, *, indices: Any = None, **params: Any) -> Any:
-            return self.pool(operation.name, x, indices=indices, **params)
 
-        method.__name__ = operation.method
-        fields = ", ".join(name for name in operation.params.model_fields if name not in ("input", "indices"))
-        method.__doc__ = f"{operation.family.summary} ({operation.reference}). Parameters: {fields}."
-        return method
+def _method(operation: Operation) -> Callable[..., Any]:
+    """`client.max2d(x, kernel_size=2)`: the client's `pool` for one operation."""
 
+    def method(self: Any, x: Any = None, *, indices: Any = None, **params: Any) -> Any:
+        return self.pool(operation.name, x, indices=indices, **params)
 
-for _operation in OPERATIONS.values():
-    setattr(_Methods, _operation.method, _Methods._method(_operation))
+    method.__name__ = operation.method
+    fields = ", ".join(name for name in operation.params.model_fields if name not in ("input", "indices"))
+    method.__doc__ = f"{operation.family.summary} ({operation.reference}). Parameters: {fields}."
+    return method
 
 
-class PoolClient(_Methods):
+Client = TypeVar("Client", bound=_Common)
+
+
+def _with_methods(cls: type[Client]) -> type[Client]:
+    """One method per operation of the table."""
+    for operation in OPERATIONS.values():
+        setattr(cls, operation.method, _method(operation))
+    return cls
+
+
+@_with_methods
+class PoolClient(_Common):
     _http: httpx.Client
 
     def __init__(
@@ -178,7 +182,8 @@ class PoolClient(_Methods):
         self.close()
 
 
-class AsyncPoolClient(_Methods):
+@_with_methods
+class AsyncPoolClient(_Common):
     """The same, for asyncio: `await client.max2d(...)`."""
 
     _http: httpx.AsyncClient
@@ -196,7 +201,7 @@ class AsyncPoolClient(_Methods):
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._setup(api_key, transport, retries)
 
-    async def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Result:  # type: ignore[override]
+    async def pool(self, op: str, x: Any = None, *, indices: Any = None, **params: Any) -> Result:
         call = build_call(OPERATIONS[op], x, indices, params, self._transport)
         for attempt in range(self._retries + 1):
             response = await self._http.post(call.path, content=call.content, headers=call.headers, params=call.params)

@@ -24,15 +24,8 @@ import numpy as np
 import orjson
 import pybase64
 
+from app.dtypes import BY_CARRIER, DTYPES, INT_DTYPES, TABLE
 from app.errors import InvalidParameters, TooLarge, UndecodableBody
-
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-INT_DTYPES = ("uint8", "int8", "int16", "int32", "int64")
-DTYPES = FLOAT_DTYPES + INT_DTYPES
-
-# The numpy dtype that carries each service dtype in memory.
-CARRIER: dict[str, np.dtype[Any]] = {name: np.dtype("float32" if name == "bfloat16" else name) for name in DTYPES}
-_NAME_OF: dict[np.dtype[Any], str] = {np.dtype(name): name for name in DTYPES if name != "bfloat16"}
 
 ENCODINGS = ("json", "flat", "npy_base64")
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -190,7 +183,7 @@ def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int)
 
 
 def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...]) -> np.ndarray:
-    target = CARRIER[dtype]
+    target = TABLE[dtype].carrier
     if target.kind in "iu":
         if array.dtype.kind == "f":
             # 3.0 is an integer too (JSON does not tell them apart); 3.5 and NaN are not.
@@ -290,7 +283,7 @@ def _npy_header(text: bytes, loc: Sequence[str | int]) -> tuple[np.dtype[Any], b
 def dtype_of(array: np.ndarray, loc: Sequence[str | int], integer_only: bool = False) -> str:
     """The service's name for a decoded array's dtype, or a 422 that says why not."""
     native = array.dtype.newbyteorder("=") if array.dtype.byteorder not in "=|" else array.dtype
-    name = _NAME_OF.get(native)
+    name = BY_CARRIER.get(native)
     if name is None:
         kind = array.dtype.kind
         if kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:

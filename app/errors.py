@@ -1,36 +1,33 @@
-"""Typed errors of the service and their rendering as problem+json (RFC 9457).
+"""The service's typed errors. They import no web framework: inner layers raise
+them, and `app.responses` renders them as problem+json (RFC 9457) in one place.
 
-    ProblemError                 status, title, detail, errors
+    ProblemError                 status, detail, errors, headers
      +-- UndecodableBody         400  a body or tensor that cannot be decoded
+     +-- Unauthorized            401  an API key is configured and missing or wrong
      +-- NotFound                404
      +-- NotAcceptable           406  `Accept` names nothing the service produces
      +-- TooLarge                413  body, tensor or result over a limit
      +-- UnsupportedMediaType    415
      +-- InvalidParameters       422  parameters invalid, or invalid for this tensor
-     +-- Unauthorized            401  an API key is configured and missing or wrong
-     +-- Overloaded              503  every compute slot and queue place taken, or the time limit passed
+     +-- Overloaded              503  refused before any work: every slot and queue place
+                                      taken, bodies over budget, or the time limit passed
+    ClientGone                        the client disconnected; nobody is left to answer
 
-Inner layers raise these; `install_error_handlers` turns them, and the
-framework's own errors, into problem+json in one place.
+Where an error lies: an `InvalidParameters` raised while validating or planning
+names the parameter alone (`["kernel_size"]`); the door that received the
+request knows whether that parameter came from the JSON body, the query string
+or the protocol's `parameters`, and says so with `located`.
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
-from collections.abc import Collection
-from http import HTTPStatus
+from collections.abc import Callable, Collection
 from typing import Any
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
 
-PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("app.errors")
+Loc = tuple[str | int, ...]
 
 
 class ClientGone(Exception):
@@ -56,6 +53,10 @@ class UndecodableBody(ProblemError):
     status = 400
 
 
+class Unauthorized(ProblemError):
+    status = 401
+
+
 class NotFound(ProblemError):
     status = 404
 
@@ -72,10 +73,6 @@ class UnsupportedMediaType(ProblemError):
     status = 415
 
 
-class Unauthorized(ProblemError):
-    status = 401
-
-
 class Overloaded(ProblemError):
     status = 503
 
@@ -84,47 +81,31 @@ class InvalidParameters(ProblemError):
     status = 422
 
     @classmethod
-    def at(cls, loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> InvalidParameters:
-        """One fault at one place, e.g. `at(("body", "kernel_size"), "...")`."""
+    def at(cls, loc: Loc, msg: str, kind: str = "value_error") -> InvalidParameters:
+        """One fault at one place: `at(("kernel_size",), "...")` while planning, or a
+        whole location (`("body", "input")`) where a door decodes."""
         return cls(msg, errors=[{"loc": list(loc), "msg": msg, "type": kind}])
 
-
-def problem_response(
-    status: int,
-    detail: str,
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-    request_id: str | None = None,
-    v2: bool = False,
-) -> Response:
-    """Problem details; `v2` adds the Open Inference Protocol's `error` member."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    if request_id is not None:
-        body["request_id"] = request_id
-    if v2:
-        body["error"] = detail
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    def located(self, where: Callable[[str | int], Loc]) -> InvalidParameters:
+        """The same faults, each parameter's location spelled out by `where`
+        (`"kernel_size"` -> `("query", "kernel_size")`)."""
+        errors = [
+            {**error, "loc": [*where(error["loc"][0]), *error["loc"][1:]]} if error["loc"] else error
+            for error in self.errors or []
+        ]
+        return InvalidParameters(self.detail, errors=errors, headers=self.headers)
 
 
-def validation_problem(
-    exc: ValidationError, prefix: tuple[str, ...] = ("body",), known: Collection[str] = ()
-) -> InvalidParameters:
-    """A pydantic error as a 422 whose `errors` name each bad field, unknown fields first."""
+def validation_problem(exc: ValidationError, known: Collection[str] = ()) -> InvalidParameters:
+    """A pydantic error as a 422 whose `errors` name each bad field (by its name
+    alone, for the door to locate), unknown fields first."""
     errors = [
-        {"loc": [*prefix, *err["loc"]], "msg": _message(err, known), "type": err["type"]}
+        {"loc": list(err["loc"]), "msg": _message(err, known), "type": err["type"]}
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"][len(prefix) :]) or "body"
-    detail = f"{where}: {first['msg']}"
+    detail = f"{'.'.join(str(part) for part in first['loc']) or 'parameters'}: {first['msg']}"
     if len(errors) > 1:
         detail += f" (and {len(errors) - 1} more)"
     return InvalidParameters(detail, errors=errors)
@@ -136,45 +117,3 @@ def _message(err: Any, known: Collection[str]) -> str:
         hint = f"; did you mean {guess[0]}?" if guess else f"; it takes {', '.join(sorted(known))}" if known else ""
         return "unknown parameter for this operation" + hint
     return str(err["msg"])
-
-
-def request_id(scope: Any) -> str | None:
-    state = scope.get("state")
-    return state.get("request_id") if isinstance(state, dict) else None
-
-
-def internal_error(scope: Any, exc: BaseException) -> Response:
-    """A bug that escaped: logged whole under the request's id, answered with the id
-    and nothing of its internals."""
-    rid = request_id(scope)
-    log.error("unhandled error on %s %s [request %s]", scope.get("method"), scope.get("path"), rid, exc_info=exc)
-    return problem_response(500, "internal error; quote the request id when reporting it", request_id=rid)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
-        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        detail = exc.detail
-        if exc.status_code == 404:
-            detail = f"nothing at {request.url.path}; GET /pool lists the operations"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}))
-
-    async def on_request_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        errors = [{"loc": list(e["loc"]), "msg": str(e["msg"]), "type": e["type"]} for e in exc.errors()]
-        return problem_response(422, "the request is invalid", errors)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # A bug, never client input: log it, and say nothing of its internals.
-        return internal_error(request.scope, exc)
-
-    app.add_exception_handler(ProblemError, on_problem)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_request_validation)
-    app.add_exception_handler(Exception, on_unexpected)

@@ -16,22 +16,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from app.dtypes import TABLE
 from app.errors import ClientGone, Overloaded
 from app.settings import Settings
 
 T = TypeVar("T")
 
-TORCH_DTYPE = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "uint8": torch.uint8,
-    "int8": torch.int8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-}
 _HALF = (torch.float16, torch.bfloat16)
 PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
 
@@ -124,7 +114,7 @@ class Executor:
         """The array on the device, copied once; large ones through pinned host memory,
         which the GPU reads at full speed (the answer's copy back synchronises)."""
         tensor = torch.from_numpy(array)
-        target = TORCH_DTYPE[dtype]
+        target = TABLE[dtype].torch
         if self.on_cpu:
             return tensor if tensor.dtype is target else tensor.to(dtype=target)  # no copy when it fits
         if self.device.type == "cuda" and array.nbytes >= PINNED_FROM_BYTES:

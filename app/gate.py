@@ -1,7 +1,8 @@
-"""The outermost layer: request ids, API keys, the headers every answer carries, and
-the record of each request (metrics and a log line, `app.telemetry`).
+"""The gate: request ids, API keys, the headers every answer carries, and the record
+of each request (metrics and a log line, `app.telemetry`).
 
-It runs before anything reads the body or even looks up the route, so a
+It wraps everything but CORS (so a browser's preflight never meets the key
+check), and runs before anything reads the body or even looks up the route, so a
 request without a valid key is refused with a 401 at once, whatever else is
 wrong with it; keys are compared in constant time and never logged.
 """
@@ -13,26 +14,16 @@ import itertools
 import os
 import re
 import time
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.catalogue import CATALOGUE
-from app.errors import problem_response
-from app.settings import Settings
-from app.telemetry import ACCESS_LOG, Metrics
+from app.paths import metered_op, needs_key
+from app.responses import problem_response
+from app.telemetry import AccessLog, Metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
-
-
-def needs_key(method: str, path: str) -> bool:
-    """The routes that compute or report usage; health, docs, schema, /info and the
-    catalogue stay open."""
-    if path.startswith("/pool/"):
-        return method == "POST"
-    if path == "/metrics":
-        return True
-    return path.startswith("/v2/models/") and path.endswith("/infer")
 
 
 def presented_key(scope: Scope) -> bytes | None:
@@ -47,10 +38,14 @@ def presented_key(scope: Scope) -> bytes | None:
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: list[str], metrics: Metrics, access_log: AccessLog, operations: Collection[str]
+    ) -> None:
         self.app = app
-        self._keys = [key.encode() for key in settings.api_keys]
+        self._keys = [key.encode() for key in keys]
         self._metrics = metrics
+        self._access_log = access_log
+        self._operations = operations
 
     def _authorized(self, scope: Scope) -> bool:
         given = presented_key(scope)
@@ -95,12 +90,12 @@ class Gate:
 
     def _record(self, scope: Scope, rid: str, status: int, bytes_out: int, seconds: float) -> None:
         path = scope["path"]
-        op = metered_op(scope["method"], path)
+        op = metered_op(scope["method"], path, self._operations)
         bytes_in = _content_length(scope)
         if op is not None:
             self._metrics.observe(op, status, seconds, bytes_in, bytes_out)
         client = scope.get("client")
-        ACCESS_LOG.emit(
+        self._access_log.emit(
             {
                 "request_id": rid,
                 "method": scope["method"],
@@ -113,19 +108,6 @@ class Gate:
                 "client": f"{client[0]}:{client[1]}" if client else None,
             }
         )
-
-
-def metered_op(method: str, path: str) -> str | None:
-    """The op a request computes, for metrics: POST /pool/{op} and the v2 infer route."""
-    if method != "POST":
-        return None
-    if path.startswith("/pool/"):
-        op = path[len("/pool/") :]
-        return op if op in CATALOGUE else "unknown"
-    if path.startswith("/v2/models/") and path.endswith("/infer"):
-        op = path[len("/v2/models/") : -len("/infer")]
-        return op if op in CATALOGUE else "unknown"
-    return None
 
 
 def _content_length(scope: Scope) -> int:

@@ -1,26 +1,18 @@
-"""What each family of pooling computes, on `(N, C, *spatial)` torch tensors.
+"""What each family computes, on `(N, C, *spatial)` torch tensors.
 
-Each family has two functions:
-
-- `*_plan(params, shape, max_elements)`: the output shape (and the effective
-  padding) for an input shape, or an `InvalidParameters` that says, in this
-  service's words, why the parameters cannot pool this tensor. It runs before
-  any computation, and refuses outputs past the element limit (`TooLarge`)
-  before any work proportional to them.
-- `*_compute(x, params, plan, extra)`: the result `(output, indices or None)`,
-  indices as flat positions within each spatial plane.
-
-Where torch has the operation, torch computes it; what torch lacks (padding
-forms, dilation in avg and Lp, integer adaptive max) is built from torch
-tensor operations in `app.windows` and here. Batch, layout and index layout
-are the pipeline's: these functions know nothing of HTTP or encodings.
+A family's compute function `compute(x, params, plan, extra)` returns the
+result `(output, indices or None)`, indices as flat positions within each
+spatial plane, for a plan made by `app.planning`. Where torch has the
+operation, torch computes it; what torch lacks (padding forms, dilation in avg
+and Lp, integer adaptive max) is built from torch tensor operations in
+`app.windows` and here. Batch, layout and index layout are the pipeline's:
+these functions know nothing of requests or encodings.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,21 +20,21 @@ import torch.nn.functional as F
 
 from app import windows
 from app.errors import InvalidParameters
+from app.params import (
+    AdaptiveAvgParams,
+    AdaptiveMaxParams,
+    AvgParams,
+    FractionalParams,
+    GlobalAvgParams,
+    GlobalMaxParams,
+    LpParams,
+    MaxParams,
+    UnpoolParams,
+)
+from app.planning import Plan, WindowPlan
 
-Shape = tuple[int, ...]
 Result = tuple[torch.Tensor, torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class Plan:
-    out_shape: Shape
-    padding: list[list[int]] | None = None  # effective [begin, end] per spatial dimension
-    windows: windows.WindowPlan | None = None
-    sizes: tuple[int, ...] = ()  # output spatial sizes of adaptive, fractional and unpooling
-
-
-def _fail(param: str, msg: str) -> InvalidParameters:
-    return InvalidParameters.at(("body", param), msg)
+Extra = dict[str, torch.Tensor]
 
 
 def _by_rank(name: str) -> dict[int, Callable[..., Any]]:
@@ -57,34 +49,10 @@ _ADAPTIVE_AVG = _by_rank("adaptive_avg_pool{}d")
 _FRACTIONAL = _by_rank("fractional_max_pool{}d")
 
 
-def _with_sizes(shape: Shape, sizes: list[int] | tuple[int, ...]) -> Shape:
-    return (*shape[: -len(sizes)], *sizes)
-
-
 # ---------------------------------------------------------------- sliding windows: max, avg, lp
 
 
-def sliding_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
-    plan = windows.plan_windows(params, shape, max_elements)
-    return Plan(_with_sizes(shape, plan.out), [list(pad) for pad in plan.pads], plan)
-
-
-def averaging_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
-    """Average and Lp pooling: as max, but where torch's own 3-D average pooling
-    refuses an input smaller than the window, so does the torch form of padding."""
-    plan = sliding_plan(params, shape, max_elements)
-    w = plan.windows
-    assert w is not None
-    if len(w.kernel) == 3 and w.torch_form and not w.input_holds_window:
-        raise _fail(
-            "kernel_size",
-            f"the input's spatial size {list(w.spatial)} is smaller than the window {list(w.kernel)}; "
-            "torch's 3-D average pooling refuses that even with padding ([begin, end] pairs pool it)",
-        )
-    return plan
-
-
-def max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def max_compute(x: torch.Tensor, p: MaxParams, plan: Plan, extra: Extra) -> Result:
     w = plan.windows
     assert w is not None
     rank = len(w.kernel)
@@ -99,11 +67,11 @@ def max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tens
     return result, None
 
 
-def _count_include_pad(p: Any, w: windows.WindowPlan) -> bool:
+def _count_include_pad(p: AvgParams, w: WindowPlan) -> bool:
     return p.count_include_pad if p.count_include_pad is not None else w.torch_form
 
 
-def avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def avg_compute(x: torch.Tensor, p: AvgParams, plan: Plan, extra: Extra) -> Result:
     w = plan.windows
     assert w is not None
     rank = len(w.kernel)
@@ -128,7 +96,7 @@ def avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tens
     return sums / windows.cell_counts(w, include_pad, sums), None
 
 
-def lp_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def lp_compute(x: torch.Tensor, p: LpParams, plan: Plan, extra: Extra) -> Result:
     w = plan.windows
     assert w is not None
     rank = len(w.kernel)
@@ -149,13 +117,7 @@ def lp_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tenso
 # ---------------------------------------------------------------- adaptive and global
 
 
-def adaptive_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
-    rank = len(params.output_size)
-    sizes = tuple(s if s is not None else inp for s, inp in zip(params.output_size, shape[-rank:], strict=True))
-    return Plan(_with_sizes(shape, sizes), sizes=sizes)
-
-
-def adaptive_max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def adaptive_max_compute(x: torch.Tensor, p: AdaptiveMaxParams, plan: Plan, extra: Extra) -> Result:
     if not x.is_floating_point():
         out, indices = adaptive_max_integer(x, plan.sizes)
         return out, indices if p.return_indices else None
@@ -165,7 +127,7 @@ def adaptive_max_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, t
     return _ADAPTIVE_MAX[len(plan.sizes)](x, list(plan.sizes)), None
 
 
-def adaptive_avg_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def adaptive_avg_compute(x: torch.Tensor, p: AdaptiveAvgParams, plan: Plan, extra: Extra) -> Result:
     return _ADAPTIVE_AVG[len(plan.sizes)](x, list(plan.sizes)), None
 
 
@@ -260,60 +222,23 @@ def _first_maxima(x: torch.Tensor, sizes: tuple[int, ...], where: torch.Tensor) 
     return maxima, place.reshape(n, -1).gather(-1, first.unsqueeze(-1)).squeeze(-1)
 
 
-def global_plan(rank: int) -> Callable[[Any, Shape, int], Plan]:
-    def plan(params: Any, shape: Shape, max_elements: int) -> Plan:
-        return Plan(_with_sizes(shape, [1] * rank), sizes=(1,) * rank)
-
-    return plan
-
-
-def global_max_compute(rank: int) -> Callable[[torch.Tensor, Any, Plan, dict[str, torch.Tensor]], Result]:
-    def compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def global_max_compute(x: torch.Tensor, p: GlobalMaxParams, plan: Plan, extra: Extra) -> Result:
+    rank = x.dim() - 2
+    if x.is_floating_point():
+        out, indices = _ADAPTIVE_MAX[rank](x, 1, True)
+    else:
+        # Exact for integers, which adaptive max pooling does not take.
         kept = (*x.shape[:2], *([1] * rank))
-        if x.is_floating_point():
-            out, indices = _ADAPTIVE_MAX[rank](x, 1, True)
-        else:
-            # Exact for integers, which adaptive max pooling does not take.
-            values, positions = x.flatten(2).max(dim=-1)
-            out, indices = values.reshape(kept), positions.reshape(kept)
-        return out, indices if p.return_indices else None
-
-    return compute
+        values, positions = x.flatten(2).max(dim=-1)
+        out, indices = values.reshape(kept), positions.reshape(kept)
+    return out, indices if p.return_indices else None
 
 
-def global_avg_compute(rank: int) -> Callable[[torch.Tensor, Any, Plan, dict[str, torch.Tensor]], Result]:
-    def compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
-        return _ADAPTIVE_AVG[rank](x, 1), None
-
-    return compute
+def global_avg_compute(x: torch.Tensor, p: GlobalAvgParams, plan: Plan, extra: Extra) -> Result:
+    return _ADAPTIVE_AVG[x.dim() - 2](x, 1), None
 
 
 # ---------------------------------------------------------------- fractional
-
-
-def fractional_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
-    rank = len(params.kernel_size)
-    spatial = shape[-rank:]
-    if (params.output_size is None) == (params.output_ratio is None):
-        raise _fail("output_size", "give exactly one of output_size and output_ratio")
-    if params.output_size is not None:
-        sizes, given = list(params.output_size), "output_size"
-    else:
-        sizes = [int(size * ratio) for size, ratio in zip(spatial, params.output_ratio, strict=True)]
-        given = "output_ratio"
-    for dim, (size, out, kernel) in enumerate(zip(spatial, sizes, params.kernel_size, strict=True)):
-        if out < 1:
-            raise _fail(given, f"the output would be empty in spatial dimension {dim} (input size {size})")
-        # torch allows the last window to end at the border in 2-D but not in 3-D.
-        reach = out + kernel - 1 if rank == 2 else out + kernel
-        if reach > size:
-            bound = "exceeds" if rank == 2 else "reaches"
-            raise _fail(
-                given,
-                f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 "
-                f"{bound} the input size {size}",
-            )
-    return Plan(_with_sizes(shape, sizes), sizes=tuple(sizes))
 
 
 def fractional_samples(seed: int, batch: int, channels: int, rank: int) -> torch.Tensor:
@@ -322,8 +247,9 @@ def fractional_samples(seed: int, batch: int, channels: int, rank: int) -> torch
     return torch.rand(batch, channels, rank, generator=generator, dtype=torch.float64)
 
 
-def fractional_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def fractional_compute(x: torch.Tensor, p: FractionalParams, plan: Plan, extra: Extra) -> Result:
     rank = len(p.kernel_size)
+    assert p.random_seed is not None  # drawn by `seeded` before any computation
     samples = fractional_samples(p.random_seed, x.shape[0], x.shape[1], rank).to(device=x.device, dtype=x.dtype)
     out, indices = _FRACTIONAL[rank](
         x, p.kernel_size, output_size=list(plan.sizes), return_indices=True, _random_samples=samples
@@ -334,37 +260,10 @@ def fractional_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, tor
 # ---------------------------------------------------------------- unpooling
 
 
-def unpool_plan(params: Any, shape: Shape, max_elements: int) -> Plan:
-    rank = len(params.kernel_size)
-    stride = params.stride or params.kernel_size
-    spatial = shape[-rank:]
-    default = [(size - 1) * stride[d] - 2 * params.padding[d] + params.kernel_size[d] for d, size in enumerate(spatial)]
-    if params.output_size is None:
-        sizes = default
-    else:
-        sizes = list(params.output_size)
-        if len(sizes) == len(shape):
-            if tuple(sizes[:-rank]) != shape[:-rank]:
-                raise _fail("output_size", f"a full output_size must start with the input's {list(shape[:-rank])}")
-            sizes = sizes[-rank:]
-        elif len(sizes) != rank:
-            raise _fail("output_size", f"output_size has {rank} spatial sizes or {len(shape)} full-shape entries")
-        for d in range(rank):
-            if not default[d] - stride[d] < sizes[d] < default[d] + stride[d]:
-                raise _fail(
-                    "output_size",
-                    f"output_size in spatial dimension {d} must lie strictly between "
-                    f"{default[d] - stride[d]} and {default[d] + stride[d]}",
-                )
-    if min(sizes) < 1:
-        raise _fail("padding", f"the unpooled output would be empty (size {sizes})")
-    return Plan(_with_sizes(shape, sizes), sizes=tuple(sizes))
-
-
-def unpool_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+def unpool_compute(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -> Result:
     plane = math.prod(plan.sizes)
     indices = extra["indices"].flatten(2)
-    if p.indices_layout == "global":
+    if p.global_indices():
         # ONNX counts over the whole (N, C, *spatial) output: take each plane's offset off.
         lead = x.shape[0] * x.shape[1]
         offsets = torch.arange(lead, device=x.device, dtype=torch.int64).reshape(x.shape[0], x.shape[1], 1) * plane
@@ -372,8 +271,8 @@ def unpool_compute(x: torch.Tensor, p: Any, plan: Plan, extra: dict[str, torch.T
     if indices.numel():
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= plane:
-            where = "outside its (n, c) plane" if p.indices_layout == "global" else f"outside the plane of {plane}"
-            raise _fail("indices", f"an index lies {where} (output spatial size {list(plan.sizes)})")
+            where = "outside its (n, c) plane" if p.global_indices() else f"outside the plane of {plane}"
+            raise InvalidParameters.at(("indices",), f"an index lies {where} (output spatial size {list(plan.sizes)})")
     flat = x.flatten(2)
     out = torch.zeros((*flat.shape[:2], plane), dtype=x.dtype, device=x.device)
     # scatter_reduce with amax is deterministic where indices repeat (the largest

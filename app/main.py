@@ -7,6 +7,7 @@ module (as the tests do) reads no environment and starts no thread pool.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,21 +15,24 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.asgi import PoolEndpoint, route
 from app.codecs import Limits
 from app.docs import install_docs, install_playground
-from app.errors import install_error_handlers
+from app.endpoint import PoolEndpoint
 from app.execution import Executor
 from app.gate import Gate
+from app.inference import inference_router
+from app.openapi import schema_builder
+from app.operations import OPERATIONS, Operation
 from app.pipeline import PlanCache, Runtime
 from app.requests import BodyBudget
-from app.routes import install_routes
+from app.responses import install_error_handlers
+from app.routes import catalogue_router, service_router
 from app.settings import Settings
-from app.telemetry import Metrics, configure_logging
+from app.telemetry import AccessLog, Metrics, configure_logging
 
 DESCRIPTION = """\
 Every pooling operation of modern deep learning — max, average, Lp, adaptive,
@@ -39,46 +43,74 @@ parameters. Errors are `application/problem+json`.
 """
 
 
-class PoolingApp(FastAPI):
-    """FastAPI with the gate (keys, request ids, headers), CORS where configured,
-    and the pooling endpoint (`app.asgi`) in front of all its own layers."""
+def create_app(settings: Settings | None = None, operations: dict[str, Operation] | None = None) -> FastAPI:
+    """The service. A request passes, top to bottom:
 
-    def build_middleware_stack(self) -> ASGIApp:
-        settings: Settings = self.state.settings
-        inner: ASGIApp = PoolEndpoint(super().build_middleware_stack(), self.state.runtime)
-        if settings.cors_origins:
-            inner = CORSMiddleware(
-                inner,
-                allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
-                expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After"],
-            )
-        return Gate(inner, settings, self.state.metrics)
+    1. CORS, where origins are configured: a browser's preflight is answered
+       here, before any key is asked for;
+    2. the gate (`app.gate`): request id, API key, security headers, metrics
+       and the access log line, for every route;
+    3. the pooling endpoint (`app.endpoint`): `POST /pool/{op}` and
+       `POST /v2/models/{op}/infer` are answered here, through the pipeline;
+    4. FastAPI's router for everything else: docs, `GET /pool`, health,
+       metrics, /info and the protocol's metadata.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if route(scope) is None:
-            await super().__call__(scope, receive, send)
-            return
-        # Pooling requests go straight to the stack: FastAPI's own entry looks up its
-        # OpenTelemetry configuration on every request, which costs more than the pooling
-        # of a small tensor; the service meters these requests itself.
-        if self.root_path:
-            scope["root_path"] = self.root_path
-        scope["app"] = self
-        if self.middleware_stack is None:
-            self.middleware_stack = self.build_middleware_stack()
-        await self.middleware_stack(scope, receive, send)
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+    FastAPI wraps the list in its own error layer, and middleware added to the
+    app later wraps it all, the pooling endpoint included.
+    """
     settings = settings or Settings()
+    runtime = build_runtime(settings, operations if operations is not None else OPERATIONS)
+    layers = [
+        *cors(settings),
+        Middleware(Gate, settings.api_keys, runtime.metrics, runtime.access_log, runtime.operations),
+        Middleware(PoolEndpoint, runtime),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything alive now (torch, the operation table, the schemas) lives as long as
+        # the process: keep it out of garbage collection, whose full passes would otherwise
+        # walk it again and again while requests allocate their lists.
+        gc.collect()
+        gc.freeze()
+        yield
+        runtime.executor.close()
+        runtime.access_log.close()
+
+    app = FastAPI(
+        title="Pooling service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        middleware=layers,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True, "deepLinking": True},
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    install_docs(app)
+    install_playground(app)
+    app.include_router(service_router(settings, runtime))
+    app.include_router(catalogue_router(runtime.operations))
+    app.include_router(inference_router(runtime))
+    app.openapi = schema_builder(app, runtime.operations, keys=bool(settings.api_keys))  # type: ignore[method-assign]
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/playground")
+
+    return app
+
+
+def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runtime:
     configure_logging(settings.log_level)
     executor = Executor(settings)
     metrics = Metrics(str(executor.device), torch.__version__)
     metrics.in_flight.set_function(lambda: min(executor.taken, executor.workers))
     metrics.queued.set_function(lambda: max(0, executor.taken - executor.workers))
-    runtime = Runtime(
+    return Runtime(
+        operations=operations,
         executor=executor,
         limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
         max_body_bytes=settings.max_body_bytes,
@@ -89,40 +121,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         inline_max_bytes=settings.inline_max_bytes,
         inline_max_elements=settings.inline_max_elements,
+        metrics=metrics,
+        access_log=AccessLog(enabled=logging.getLogger("app.access").isEnabledFor(logging.INFO)),
     )
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Everything alive now (torch, the catalogue, the schemas) lives as long as the
-        # process: keep it out of garbage collection, whose full passes would otherwise
-        # walk it again and again while requests allocate their lists.
-        gc.collect()
-        gc.freeze()
-        yield
-        executor.close()
 
-    app = PoolingApp(
-        title="Pooling service",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True, "deepLinking": True},
-    )
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.metrics = metrics
-    install_error_handlers(app)
-    install_docs(app)
-    install_playground(app)
-    install_routes(app, settings)
-
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/playground")
-
-    return app
+def cors(settings: Settings) -> list[Middleware]:
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After"],
+        )
+    ]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,14 +1,14 @@
-"""Content negotiation: what a request body is, and what form the answer takes."""
+"""Media types, and content negotiation: what a request body is, and what form the
+answer takes. Plain functions of header values; no web framework."""
 
 from __future__ import annotations
-
-from starlette.responses import Response
 
 from app.errors import NotAcceptable, UnsupportedMediaType
 
 JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
+PROBLEM_JSON = "application/problem+json"
 OFFERED = (JSON, NPY, NPZ)
 BODY_KINDS = {JSON: "json", NPY: "npy", NPZ: "npz"}
 
@@ -70,19 +70,3 @@ def negotiate(accept: str | None, default: str) -> str:
     if quality <= 0:
         raise NotAcceptable(f"Accept: {accept} names nothing this service produces; it offers {', '.join(OFFERED)}")
     return offer
-
-
-class Answer(Response):
-    """A 200 whose body is ready and whose media type needs no charset. Starlette's own
-    constructor works its headers out generically, which for a small tensor costs
-    more than the pooling did."""
-
-    def __init__(self, body: bytes, media_type: str, headers: dict[str, str] | None = None) -> None:
-        self.status_code = 200
-        self.body = body
-        self.background = None
-        self.raw_headers = [(b"content-length", b"%d" % len(body)), (b"content-type", media_type.encode("latin-1"))]
-        if headers:
-            self.raw_headers += [
-                (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
-            ]

@@ -1,32 +1,80 @@
-"""Every pooling operation, declared once: names, ranks, parameters and examples.
+"""Every pooling operation, declared once: each family is one record, and
+families × ranks build `OPERATIONS`.
 
-Families × ranks build `OPERATIONS`, from which the routes, their OpenAPI
-schemas and examples, `GET /pool`, the Python client's methods and the tests
-are generated. It needs no torch, so the client can use it too; the kernels
-that compute each family are attached in `app.catalogue`. Adding an op is an
-entry here and its kernels there.
+A family's record carries all the service knows of it: its names and meaning
+for the docs, its typed parameters (whose per-request behaviour, a seed drawn
+or the pooled dimensions dropped, `app.params` defines), the dtypes it takes,
+its plan (`app.planning`: output shape and padding from shapes alone) and its
+compute function (`app.kernels`, on torch tensors). The routes, their OpenAPI
+schemas and examples, `GET /pool`, the protocol's models, the Python client's
+methods and the tests are generated from the table; the tests keep each
+family's sample cases, reference and error cases beside it (`tests/families.py`).
+
+The table imports no torch: the compute functions are named here and imported
+when first called, so the client, the gate and the docs can use it freely.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from app import examples
-from app.codecs import DTYPES, FLOAT_DTYPES
-from app.params import PoolParams, build_params_model
+from app import examples, planning
+from app.dtypes import DTYPES, FLOAT_DTYPES
+from app.params import (
+    AdaptiveAvgParams,
+    AdaptiveMaxParams,
+    AvgParams,
+    FractionalParams,
+    GlobalAvgParams,
+    GlobalMaxParams,
+    LpParams,
+    MaxParams,
+    PoolParams,
+    UnpoolParams,
+    params_model,
+)
+from app.planning import Plan, Shape
 
-SLIDING = ("kernel_size", "stride")
+if TYPE_CHECKING:
+    import torch
+
+P = TypeVar("P", bound=PoolParams)
+Result = tuple["torch.Tensor", "torch.Tensor | None"]
+PlanFn = Callable[[P, Shape, int], Plan]
+ComputeFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], Result]
+
+
+class Kernel:
+    """A compute function of `app.kernels`, imported when first called."""
+
+    __slots__ = ("_function", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._function: Callable[..., Result] | None = None
+
+    def __call__(self, x: torch.Tensor, params: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+        function = self._function
+        if function is None:
+            function = self._function = getattr(importlib.import_module("app.kernels"), self.name)
+        return function(x, params, plan, extra)
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name!r})"
 
 
 @dataclass(frozen=True)
-class Family:
+class Family(Generic[P]):
     name: str
     ranks: tuple[int, ...]
     reference: str  # torch function, `{}` for the rank
     summary: str
-    fields: tuple[str, ...]
+    params: type[P]
+    plan: PlanFn[P]
+    compute: ComputeFn[P]
     dtypes: tuple[str, ...] = FLOAT_DTYPES
     has_indices: bool = False  # argmax indices on request
     extra_tensors: tuple[str, ...] = ()  # tensors besides `input`
@@ -37,9 +85,9 @@ class Family:
 @dataclass(frozen=True)
 class Operation:
     name: str
-    family: Family
+    family: Family[Any]
     rank: int
-    params: type[PoolParams]
+    params: type[PoolParams]  # the family's parameters, validated for this rank
 
     @property
     def reference(self) -> str:
@@ -51,13 +99,15 @@ class Operation:
         return self.name.replace("-", "_")
 
 
-FAMILIES: tuple[Family, ...] = (
+FAMILIES: tuple[Family[Any], ...] = (
     Family(
         "max",
         (1, 2, 3),
         "max_pool{}d",
         "Max pooling",
-        (*SLIDING, "padding", "dilation", "ceil_mode", "return_indices", "indices_layout"),
+        MaxParams,
+        planning.sliding_plan,
+        Kernel("max_compute"),
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.max_examples,
@@ -72,7 +122,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "avg_pool{}d",
         "Average pooling",
-        (*SLIDING, "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override"),
+        AvgParams,
+        planning.averaging_plan,
+        Kernel("avg_compute"),
         examples=examples.avg_examples,
         meaning=(
             "Each window is replaced by the mean of its cells: every value contributes, so it smooths and "
@@ -84,7 +136,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "lp_pool{}d",
         "Power-average (Lp) pooling",
-        ("norm_type", *SLIDING, "padding", "dilation", "ceil_mode", "absolute"),
+        LpParams,
+        planning.averaging_plan,
+        Kernel("lp_compute"),
         examples=examples.lp_examples,
         meaning=(
             "The Lp norm of each window, (sum of x^p)^(1/p): p = 1 is a sum, large p approaches max, p = "
@@ -96,7 +150,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_max_pool{}d",
         "Adaptive max pooling to a fixed output size",
-        ("adaptive_output_size", "return_indices", "indices_layout"),
+        AdaptiveMaxParams,
+        planning.adaptive_plan,
+        Kernel("adaptive_max_compute"),
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.adaptive_max_examples,
@@ -110,7 +166,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_avg_pool{}d",
         "Adaptive average pooling to a fixed output size",
-        ("adaptive_output_size",),
+        AdaptiveAvgParams,
+        planning.adaptive_plan,
+        Kernel("adaptive_avg_compute"),
         examples=examples.adaptive_avg_examples,
         meaning="Average pooling with windows chosen so the output has a given size whatever the input size.",
     ),
@@ -119,7 +177,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_max_pool{}d",
         "Global max pooling: each channel to one value",
-        ("return_indices", "indices_layout", "keepdims"),
+        GlobalMaxParams,
+        planning.global_plan,
+        Kernel("global_max_compute"),
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.global_examples,
@@ -132,7 +192,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "adaptive_avg_pool{}d",
         "Global average pooling: each channel to one value",
-        ("keepdims",),
+        GlobalAvgParams,
+        planning.global_plan,
+        Kernel("global_avg_compute"),
         examples=examples.global_examples,
         meaning=(
             "The mean of each channel over all its positions: one number per feature map. Ahead of a "
@@ -145,7 +207,9 @@ FAMILIES: tuple[Family, ...] = (
         (2, 3),
         "fractional_max_pool{}d",
         "Fractional max pooling with pseudo-random windows",
-        ("kernel_size", "fractional_output_size", "output_ratio", "return_indices", "indices_layout", "random_seed"),
+        FractionalParams,
+        planning.fractional_plan,
+        Kernel("fractional_compute"),
         has_indices=True,
         examples=examples.fractional_examples,
         meaning=(
@@ -158,7 +222,9 @@ FAMILIES: tuple[Family, ...] = (
         (1, 2, 3),
         "max_unpool{}d",
         "Max unpooling: the inverse of max pooling, zeros elsewhere",
-        ("indices", *SLIDING, "unpool_padding", "unpool_output_size", "indices_layout"),
+        UnpoolParams,
+        planning.unpool_plan,
+        Kernel("unpool_compute"),
         dtypes=DTYPES,
         extra_tensors=("indices",),
         examples=examples.unpool_examples,
@@ -170,13 +236,14 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def _build() -> dict[str, Operation]:
+def build_operations(families: Iterable[Family[Any]]) -> dict[str, Operation]:
+    """Every rank of every family as an operation named `{family}{rank}d`."""
     operations = {}
-    for family in FAMILIES:
+    for family in families:
         for rank in family.ranks:
             name = f"{family.name}{rank}d"
-            operations[name] = Operation(name, family, rank, build_params_model(name, rank, family.fields))
+            operations[name] = Operation(name, family, rank, params_model(name, rank, family.params))
     return operations
 
 
-OPERATIONS: dict[str, Operation] = _build()
+OPERATIONS: dict[str, Operation] = build_operations(FAMILIES)

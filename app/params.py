@@ -1,9 +1,14 @@
-"""Pydantic models of the pooling parameters, built per operation from one field table.
+"""Pydantic models of the pooling parameters: one typed class per family, made
+per rank from one field table.
 
-Every parameter is declared once in `FIELDS` as a function of the spatial
-rank; an operation's model is the base fields plus the parameters its family
-names. Validation is strict (no `"2"` for 2, no `true` for 1) and an unknown
-field is an error, so a typo such as `kernal_size` is never ignored.
+Each family's class (`MaxParams`, `AvgParams`, ...) declares its fields with the
+types the kernels read, and the per-request behaviour they imply (whether the
+pooled dimensions are kept, whether a seed is drawn, whether indices are
+wanted). Every field's validation and schema is declared once in `FIELDS` as a
+function of the spatial rank; `params_model` builds an operation's model from
+its family's class and those. Validation is strict (no `"2"` for 2, no `true`
+for 1) and an unknown field is an error, so a typo such as `kernal_size` is
+never ignored.
 
 Spatial parameters accept an int or one int per spatial dimension and are
 normalised to a list of `rank` ints (torch's `_ntuple`).
@@ -12,13 +17,15 @@ normalised to a list of `rank` ints (torch's `_ntuple`).
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
-from app.codecs import DTYPES, ENCODINGS
+from app.codecs import ENCODINGS
+from app.dtypes import DTYPES
 
 TENSOR_SCHEMA: dict[str, Any] = {
     "description": (
@@ -165,7 +172,8 @@ def _optional(annotation: Any, default: Any, description: str) -> tuple[Any, Any
     return annotation, Field(default, description=description)
 
 
-# name -> rank -> (annotation, FieldInfo)
+# key -> rank -> (annotation, FieldInfo); a key is the field's name, or a family's
+# own variant of it (`unpool_padding` is max-unpool's `padding`).
 FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "kernel_size": lambda r: _required(_spatial_ints(r, 1), "Window size: an int, or one per spatial dimension."),
     "stride": lambda r: _optional(
@@ -244,19 +252,17 @@ FIELDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     ),
 }
 
-# Fields whose public name differs from their key in FIELDS.
-PUBLIC_NAME = {
-    "unpool_padding": "padding",
-    "adaptive_output_size": "output_size",
-    "fractional_output_size": "output_size",
-    "unpool_output_size": "output_size",
-}
+
+IndicesLayout = Literal["plane", "global"]
+P = TypeVar("P", bound="PoolParams")
 
 
 class PoolParams(BaseModel):
-    """Fields every operation takes."""
+    """Fields every operation takes, and the per-request behaviour a family may add."""
 
     model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
+    # A field whose validation is a family's own variant of a shared name.
+    field_keys: ClassVar[dict[str, str]] = {}
 
     input: TensorField = Field(None, description="The tensor to pool (required unless dry_run gives input_shape).")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
@@ -279,9 +285,111 @@ class PoolParams(BaseModel):
         None, description="With dry_run: the shape of the input that would be sent."
     )
 
+    def keeps_dims(self) -> bool:
+        """Whether the result keeps the pooled dimensions (global ops may drop them)."""
+        return True
 
-def build_params_model(op: str, rank: int, field_keys: tuple[str, ...]) -> type[PoolParams]:
-    fields = {PUBLIC_NAME.get(key, key): FIELDS[key](rank) for key in field_keys}
+    def wants_indices(self) -> bool:
+        return False
+
+    def global_indices(self) -> bool:
+        """Whether indices count over the whole input (ONNX) rather than each plane."""
+        return False
+
+    def seed(self) -> int | None:
+        return None
+
+    def seeded(self: P) -> P:
+        """These parameters with whatever the request left to the server drawn."""
+        return self
+
+
+class IndicesParams(PoolParams):
+    return_indices: bool
+    indices_layout: IndicesLayout
+
+    def wants_indices(self) -> bool:
+        return self.return_indices
+
+    def global_indices(self) -> bool:
+        return self.indices_layout == "global"
+
+
+class WindowParams(PoolParams):
+    kernel_size: list[int]
+    stride: list[int] | None
+    padding: list[int] | str | list[list[int]]
+    dilation: list[int]
+    ceil_mode: bool
+
+
+class MaxParams(IndicesParams, WindowParams):
+    pass
+
+
+class AvgParams(WindowParams):
+    count_include_pad: bool | None
+    divisor_override: int | None
+
+
+class LpParams(WindowParams):
+    norm_type: float
+    absolute: bool
+
+
+class AdaptiveAvgParams(PoolParams):
+    field_keys: ClassVar[dict[str, str]] = {"output_size": "adaptive_output_size"}
+    output_size: list[int | None]
+
+
+class AdaptiveMaxParams(IndicesParams, AdaptiveAvgParams):
+    pass
+
+
+class GlobalAvgParams(PoolParams):
+    keepdims: bool
+
+    def keeps_dims(self) -> bool:
+        return self.keepdims
+
+
+class GlobalMaxParams(IndicesParams, GlobalAvgParams):
+    pass
+
+
+class FractionalParams(IndicesParams):
+    field_keys: ClassVar[dict[str, str]] = {"output_size": "fractional_output_size"}
+    kernel_size: list[int]
+    output_size: list[int] | None
+    output_ratio: list[float] | None
+    random_seed: int | None
+
+    def seed(self) -> int | None:
+        return self.random_seed
+
+    def seeded(self) -> FractionalParams:
+        if self.random_seed is not None:
+            return self
+        return self.model_copy(update={"random_seed": secrets.randbits(63)})
+
+
+class UnpoolParams(PoolParams):
+    field_keys: ClassVar[dict[str, str]] = {"padding": "unpool_padding", "output_size": "unpool_output_size"}
+    indices: TensorField
+    kernel_size: list[int]
+    stride: list[int] | None
+    padding: list[int]
+    output_size: list[int] | None
+    indices_layout: IndicesLayout
+
+    def global_indices(self) -> bool:
+        return self.indices_layout == "global"
+
+
+def params_model(op: str, rank: int, family: type[P]) -> type[P]:
+    """The model of one operation: its family's fields, validated for `rank`."""
+    own = [name for name in family.model_fields if name not in PoolParams.model_fields]
+    fields = {name: FIELDS[family.field_keys.get(name, name)](rank) for name in own}
     title = "".join(part.capitalize() for part in op.replace("-", " ").split()) + "Params"
-    model: type[PoolParams] = create_model(title, __base__=PoolParams, **fields)  # type: ignore[call-overload]
+    model: type[P] = create_model(title, __base__=family, **fields)  # type: ignore[call-overload]
     return model

@@ -19,9 +19,9 @@ from starlette.datastructures import QueryParams
 from starlette.types import Receive
 
 from app import codecs
-from app.catalogue import OpSpec
 from app.codecs import Limits, Tensor
 from app.errors import ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody
+from app.operations import Operation
 
 
 @dataclass(slots=True)
@@ -65,8 +65,8 @@ class BodyBudget:
 
     It also keeps the buffer of the last large body for the next body of the same
     size, as clients send tensors of one shape again and again: a fresh buffer each
-    time leaves the allocator holding the freed ones besides (W3 back to back: the
-    server grows by about 115 MiB without this, 66 MiB with it)."""
+    time leaves the allocator holding the freed ones besides (`benchmarks/serve.py`
+    measures the server's memory growth under W3)."""
 
     def __init__(self, total: int, retry_after_s: int) -> None:
         self.total = total
@@ -146,8 +146,7 @@ def _declared_size(declared: str, limit: int) -> int:
 async def _read_declared(incoming: Incoming, body: bytearray) -> bytearray:
     """Each chunk is copied into one buffer of the declared size as it arrives and let
     go at once, so the allocator hands the same memory back for the next: keeping
-    every chunk until the end and joining them costs twice the page faults (W3: 43 ms
-    against 18 ms for 25.7 MB)."""
+    every chunk until the end and joining them costs twice the page faults."""
     size = len(body)
     view, filled, more = memoryview(body), 0, True
     while more:
@@ -271,7 +270,9 @@ def _split_base64(raw: bytearray) -> tuple[dict[str, Any], bytearray] | None:
     return fields, decoded
 
 
-def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def decode_json_request(
+    raw: bytearray, operation: Operation, limits: Limits
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The fields of a JSON body and its tensors, decoded (those that are there)."""
     split = _split_base64(raw)
     if split is not None:
@@ -279,7 +280,7 @@ def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[d
         fields["input"] = {"npy_base64": decoded}  # a bytearray: already decoded
     else:
         fields = parse_json_body(raw)
-    names = ("input", *spec.family.extra_tensors)
+    names = ("input", *operation.family.extra_tensors)
     dtype, dtype_given = _request_dtype(fields)
     nested = any(_holds_numbers(fields.get(name)) for name in names)
     maybe_bools = nested and _loose_booleans(raw, fields, names)
@@ -301,18 +302,18 @@ def decode_json_request(raw: bytearray, spec: OpSpec, limits: Limits) -> tuple[d
 
 
 def decode_binary_request(
-    raw: bytearray, kind: str, query: QueryParams, spec: OpSpec, limits: Limits
+    raw: bytearray, kind: str, query: QueryParams, operation: Operation, limits: Limits
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     fields = query_fields(query)
-    names = ("input", *spec.family.extra_tensors)
+    names = ("input", *operation.family.extra_tensors)
     for name in names:
         if name in fields:
             raise InvalidParameters.at(
                 ("query", name), f"{name} travels in the body, not in the query", "tensor_in_query"
             )
     if kind == "npy":
-        if spec.family.extra_tensors:
-            raise UndecodableBody(f"{spec.name} takes {' and '.join(names)}: send them as an .npz")
+        if operation.family.extra_tensors:
+            raise UndecodableBody(f"{operation.name} takes {' and '.join(names)}: send them as an .npz")
         arrays = {"input": codecs.decode_npy(raw, limits, ("body",))}
     else:
         arrays = codecs.decode_npz(raw, set(names), limits)

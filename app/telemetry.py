@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from app import __version__
 
-REJECTED = {401: "unauthorized", 413: "too_large", 429: "rate_limited", 503: "overloaded"}
+REJECTED = {401: "unauthorized", 413: "too_large", 503: "overloaded"}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -94,26 +94,35 @@ class _OpStats:
 
 
 class AccessLog:
-    """One JSON line per request on stderr, written by a background thread every
-    `interval` seconds. The request only encodes its line and appends it to a list:
-    the logging machinery and a flushed write per line would cost it tens of
-    microseconds, and so would waking a writer thread for every line."""
+    """One JSON line per request on `stream` (stderr by default), written by a
+    background thread every `interval` seconds. The request only encodes its line
+    and appends it to a list: the logging machinery and a flushed write per line
+    would cost it tens of microseconds, and so would waking a writer thread for
+    every line. The writer starts with the first line and stops on `close`."""
 
-    def __init__(self, interval: float = 0.1, stream: Any = None) -> None:
-        self.enabled = True
-        self._stream = stream
+    def __init__(self, enabled: bool = True, interval: float = 0.1, stream: Any = None) -> None:
+        self.enabled = enabled
+        self.stream = stream
         self._lines: list[bytes] = []
         self._interval = interval
         self._stop = threading.Event()
         self._stamp = (0, "")
-        self._writer = threading.Thread(target=self._write, name="access-log", daemon=True)
-        self._writer.start()
-        atexit.register(self.close)
+        self._writer: threading.Thread | None = None
+        self._starting = threading.Lock()
 
     def emit(self, fields: dict[str, Any]) -> None:
         if self.enabled:
             entry = {"time": self._now(), "level": "info", "logger": "app.access", **fields}
             self._lines.append(orjson.dumps(entry) + b"\n")  # list.append is atomic
+            if self._writer is None:
+                self._start()
+
+    def _start(self) -> None:
+        with self._starting:
+            if self._writer is None and not self._stop.is_set():
+                self._writer = threading.Thread(target=self._write, name="access-log", daemon=True)
+                self._writer.start()
+                atexit.register(self.close)
 
     def _now(self) -> str:
         second = int(time.time())
@@ -124,7 +133,7 @@ class AccessLog:
     def flush(self) -> None:
         lines, self._lines = self._lines, []
         if lines:
-            stream = self._stream or sys.stderr.buffer
+            stream = self.stream or sys.stderr.buffer
             stream.write(b"".join(lines))
             stream.flush()
 
@@ -135,7 +144,9 @@ class AccessLog:
 
     def close(self) -> None:
         self._stop.set()
-        self._writer.join(timeout=5)
+        if self._writer is not None:
+            self._writer.join(timeout=5)
+        self.flush()
 
 
 class JsonLines(logging.Formatter):
@@ -158,12 +169,8 @@ def configure_logging(level: str) -> None:
     """JSON lines on stderr for the service's loggers, once per process."""
     root = logging.getLogger("app")
     root.setLevel(level.upper())
-    ACCESS_LOG.enabled = root.isEnabledFor(logging.INFO)
     if not any(isinstance(handler.formatter, JsonLines) for handler in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonLines())
         root.addHandler(handler)
         root.propagate = False
-
-
-ACCESS_LOG = AccessLog()

@@ -1,10 +1,4 @@
-"""Sliding windows with every padding the frameworks know, as ONNX defines them.
-
-Padding is torch's symmetric ints, `"valid"`, `"same"` (the odd cell at the
-end, ONNX SAME_UPPER, Keras, TF), `"same_lower"`, or ONNX's `[begin, end]`
-pairs, combined with stride, dilation and ceil_mode. `plan_windows` resolves
-them to per-dimension `(begin, end)` pads and output sizes, refusing what
-cannot be pooled; the compute functions run on torch tensors:
+"""Sliding windows computed in torch, for every padding form `app.planning` resolves:
 
 - max: torch's own max pooling over the explicitly padded tensor (the pad is
   the dtype's lowest value, so a padded cell never wins), then indices mapped
@@ -18,97 +12,12 @@ cannot be pooled; the compute functions run on torch tensors:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from app.errors import InvalidParameters, TooLarge
-
-Pads = tuple[tuple[int, int], ...]
-SAME_FORMS = ("same", "same_lower")
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    pads: Pads  # effective (begin, end) per spatial dimension
-    out: tuple[int, ...]
-    spatial: tuple[int, ...]  # the input's spatial sizes
-    ceil_mode: bool
-    torch_form: bool  # padding was given as ints, torch's form
-
-    @cached_property  # asked on every request; a plan lives in the plan cache
-    def symmetric(self) -> bool:
-        """Padding torch can apply itself: the same on both sides, at most half the kernel."""
-        return all(b == e and b <= k // 2 for (b, e), k in zip(self.pads, self.kernel, strict=True))
-
-    @property
-    def undilated(self) -> bool:
-        return all(d == 1 for d in self.dilation)
-
-    @property
-    def unpadded(self) -> bool:
-        return all(b == 0 and e == 0 for b, e in self.pads)
-
-    @property
-    def input_holds_window(self) -> bool:
-        """Whether the unpadded input spans a whole window in every dimension, which
-        torch's 3-D average pooling demands (its 1-D and 2-D kernels do not)."""
-        return all(size >= d * (k - 1) + 1 for size, k, d in zip(self.spatial, self.kernel, self.dilation, strict=True))
-
-    @cached_property
-    def torch_padding(self) -> tuple[int, ...]:
-        return tuple(b for b, _ in self.pads)
-
-
-def _fail(param: str, msg: str) -> InvalidParameters:
-    return InvalidParameters.at(("body", param), msg)
-
-
-def window_count(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int, ceil_mode: bool) -> int:
-    """Windows along one dimension (torch's `pooling_output_shape`, ONNX's rule):
-    under ceil_mode a last window that would start inside the end padding is dropped."""
-    begin, end = pads
-    span = size + begin + end - dilation * (kernel - 1) - 1
-    count = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (count - 1) * stride >= size + begin:
-        count -= 1
-    return count
-
-
-def same_pads(size: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple[int, int]:
-    """TF/Keras/ONNX "same": ceil(size / stride) windows; never negative padding."""
-    out = -(-size // stride)
-    total = max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size)
-    small, large = total // 2, total - total // 2
-    return (large, small) if lower else (small, large)
-
-
-def resolve_pads(
-    padding: Any, kernel: list[int], stride: list[int], dilation: list[int], spatial: tuple[int, ...]
-) -> tuple[Pads, bool]:
-    """Per-dimension (begin, end) pads for any padding form, and whether it was torch's int form."""
-    rank = len(kernel)
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0),) * rank, False
-        lower = padding == "same_lower"
-        return tuple(same_pads(spatial[d], kernel[d], stride[d], dilation[d], lower) for d in range(rank)), False
-    if padding and isinstance(padding[0], list):
-        return tuple((b, e) for b, e in padding), False
-    for dim, (pad, k) in enumerate(zip(padding, kernel, strict=True)):
-        if pad > k // 2:
-            raise _fail(
-                "padding",
-                f"padding {pad} in spatial dimension {dim} exceeds half the kernel size {k}; "
-                "use [begin, end] pairs for larger padding",
-            )
-    return tuple((p, p) for p in padding), True
+from app.planning import WindowPlan, window_count
 
 
 def cells_between(starts: torch.Tensor, kernel: int, dilation: int, low: int, high: int) -> torch.Tensor:
@@ -117,61 +26,6 @@ def cells_between(starts: torch.Tensor, kernel: int, dilation: int, low: int, hi
     first = (low - starts + dilation - 1).div(dilation, rounding_mode="floor").clamp(min=0)
     last = (high - 1 - starts).div(dilation, rounding_mode="floor").clamp(max=kernel - 1)
     return (last - first + 1).clamp(min=0)
-
-
-def _every_window_touches_input(size: int, kernel: int, stride: int, begin: int, dilation: int, count: int) -> bool:
-    """Whether every window has a cell inside the input. A window starting inside the
-    input has one (its first cell), so only those starting in the begin padding and
-    the last one need a look."""
-    if (count - 1) * stride - begin > size - 1:
-        return False
-    in_padding = min(count, -(-begin // stride))
-    if in_padding == 0:
-        return True
-    starts = torch.arange(in_padding, dtype=torch.int64) * stride - begin
-    return bool((cells_between(starts, kernel, dilation, 0, size) > 0).all())
-
-
-def plan_windows(params: Any, shape: tuple[int, ...], max_elements: int) -> WindowPlan:
-    """The windows for an input of canonical `shape` (N, C, *spatial); an output or a
-    padded copy of the input past the element limit is refused before any other work."""
-    rank = len(params.kernel_size)
-    spatial = shape[-rank:]
-    kernel = params.kernel_size
-    stride = params.stride or kernel
-    dilation = params.__dict__.get("dilation") or [1] * rank  # fields a family lacks are absent
-    padding = params.__dict__.get("padding")
-    if padding is None:
-        padding = [0] * rank
-    pads, torch_form = resolve_pads(padding, kernel, stride, dilation, spatial)
-    out = []
-    for dim, size in enumerate(spatial):
-        count = window_count(size, kernel[dim], stride[dim], pads[dim], dilation[dim], params.ceil_mode)
-        if count < 1:
-            reach = dilation[dim] * (kernel[dim] - 1) + 1
-            raise _fail(
-                "kernel_size",
-                f"the output would be empty: spatial dimension {dim} has size {size} "
-                f"(+{sum(pads[dim])} padding) but the window spans {reach}",
-            )
-        out.append(count)
-    lead = math.prod(shape[:-rank])
-    if lead * math.prod(out) > max_elements:
-        raise TooLarge(f"the output would have {lead * math.prod(out)} elements; the limit is {max_elements}")
-    extents = [
-        max(size + b + e, (n - 1) * s + d * (k - 1) + 1)
-        for size, (b, e), n, s, d, k in zip(spatial, pads, out, stride, dilation, kernel, strict=True)
-    ]
-    if lead * math.prod(extents) > 2 * max_elements:
-        raise TooLarge(
-            f"the padded input would span {lead * math.prod(extents)} elements; the limit is {2 * max_elements}"
-        )
-    for dim, size in enumerate(spatial):
-        if not _every_window_touches_input(size, kernel[dim], stride[dim], pads[dim][0], dilation[dim], out[dim]):
-            raise _fail("padding", f"a window in spatial dimension {dim} lies wholly in the padding")
-    return WindowPlan(
-        tuple(kernel), tuple(stride), tuple(dilation), pads, tuple(out), tuple(spatial), params.ceil_mode, torch_form
-    )
 
 
 def lowest(dtype: torch.dtype) -> float | int:

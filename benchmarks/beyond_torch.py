@@ -19,18 +19,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.catalogue import CATALOGUE
+from app.operations import OPERATIONS
 from app.layout import Layout, global_indices
 
 
 def service(op: str, x: torch.Tensor, channels_last: bool = False, **params: Any) -> Callable[[], Any]:
-    spec = CATALOGUE[op]
+    spec = OPERATIONS[op]
     model = spec.params.model_validate({"input": None, **params})
     layout = Layout(spec.rank, True, channels_last)
-    plan = spec.plan(model, layout.canonical_shape(tuple(x.shape)), x.numel() * 4)
+    plan = spec.family.plan(model, layout.canonical_shape(tuple(x.shape)), x.numel() * 4)
 
     def run() -> Any:
-        out, indices = spec.compute(layout.canonical(x), model, plan, {})
+        out, indices = spec.family.compute(layout.canonical(x), model, plan, {})
         if indices is not None and model.indices_layout == "global":
             indices = global_indices(indices, tuple(layout.canonical_shape(tuple(x.shape))))
         return layout.present(out).contiguous(), indices

@@ -31,8 +31,8 @@ import orjson
 import torch
 import torch.nn.functional as F
 
-from app.catalogue import CATALOGUE
-from app.codecs import FLOAT_DTYPES
+from app.operations import OPERATIONS
+from app.dtypes import FLOAT_DTYPES
 from app.main import create_app
 from app.settings import Settings
 from benchmarks.serve import npy, post, server
@@ -43,7 +43,7 @@ SAMPLE = np.random.default_rng(5).integers(-40, 40, size=(2, 3, 9, 8)).astype(np
 
 def requests() -> list[tuple[str, str, dict[str, Any]]]:
     cases = []
-    for name, spec in CATALOGUE.items():
+    for name, spec in OPERATIONS.items():
         for label, example in spec.family.examples(spec.rank).items():
             if not example["value"].get("dry_run"):
                 cases.append((name, label, example["value"]))
@@ -93,7 +93,7 @@ def check(device: str) -> int:
     on_cpu = asyncio.run(answers("cpu", cases))
     failures = 0
     for (name, label, document), got, want in zip(cases, on_device, on_cpu, strict=True):
-        spec = CATALOGUE[name]
+        spec = OPERATIONS[name]
         exact = spec.family.dtypes != FLOAT_DTYPES or document.get("dtype", "float32") not in FLOAT_DTYPES
         agree = got["status"] == want["status"] and (
             got["status"] != 200
@@ -102,7 +102,7 @@ def check(device: str) -> int:
         if not agree:
             failures += 1
             print(f"  DIFFERS  {name} [{label}]: {device} {got['status']}, cpu {want['status']}")
-    print(f"{len(cases)} requests over {len(CATALOGUE)} ops, {device} against cpu: {len(cases) - failures} agree")
+    print(f"{len(cases)} requests over {len(OPERATIONS)} ops, {device} against cpu: {len(cases) - failures} agree")
     return failures
 
 

@@ -23,8 +23,13 @@ class Client:
     """A synchronous face on `httpx.AsyncClient` over `httpx.ASGITransport`:
     the app runs in process, on an event loop in a helper thread."""
 
-    def __init__(self, **settings: Any) -> None:
-        self.app = create_app(Settings(device="cpu", torch_threads=1, **settings))
+    def __init__(self, app_options: dict[str, Any] | None = None, **settings: Any) -> None:
+        app_options = app_options or {}
+        self.app = create_app(Settings(device="cpu", torch_threads=1, **settings), **app_options)
+        # Request lines go nowhere (a test that reads them reads this stream), so nothing
+        # is written after pytest's closing summary.
+        self.access_log = self.app.state.runtime.access_log
+        self.access_log.stream = io.BytesIO()
         self._portal_context = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_context.__enter__()
         transport = httpx.ASGITransport(app=self.app)
@@ -43,6 +48,7 @@ class Client:
         self._portal.call(self._client.aclose)
         self._portal_context.__exit__(None, None, None)
         self.app.state.runtime.executor.close()
+        self.access_log.close()
 
 
 @pytest.fixture(scope="session")
@@ -63,17 +69,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(timeout=30)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def quiet_access_log() -> Iterator[None]:
-    """In-process apps' request lines go nowhere (a test that reads them sets its own
-    stream), so nothing is written after pytest's closing summary."""
-    from app.telemetry import ACCESS_LOG
-
-    ACCESS_LOG._stream = io.BytesIO()
-    yield
-    ACCESS_LOG.flush()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.catalogue import OpSpec
+from app.operations import Operation
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Case:
         return (*lead, *self.spatial)
 
 
-def cases(spec: OpSpec) -> list[Case]:
+def cases(spec: Operation) -> list[Case]:
     r = spec.rank
     sp = {1: (9,), 2: (7, 6), 3: (5, 6, 4)}[r]
     family = spec.family.name
@@ -93,7 +93,7 @@ def fractional_samples(seed: int, batch: int, channels: int, rank: int, dtype: t
     return torch.rand(batch, channels, rank, generator=generator, dtype=torch.float64).to(dtype)
 
 
-def reference(spec: OpSpec, x: torch.Tensor, params: dict[str, Any], indices: torch.Tensor | None = None):
+def reference(spec: Operation, x: torch.Tensor, params: dict[str, Any], indices: torch.Tensor | None = None):
     """(output, indices or None) as torch computes them for the op's parameters."""
     r = spec.rank
     p = dict(params)
@@ -184,7 +184,7 @@ def adaptive_max_numpy(x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.
     return out, idx
 
 
-def unpool_inputs(spec: OpSpec, case: Case, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def unpool_inputs(spec: Operation, case: Case, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and indices for max-unpool, made by torch's own max pooling of a random map."""
     p = case.params
     big_spatial = tuple(2 * s for s in case.spatial)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.catalogue import CATALOGUE
+from app.operations import OPERATIONS
 from app.client import AsyncPoolClient, PoolClient, PoolError
 from app.main import create_app
 from app.operations import OPERATIONS
@@ -107,7 +107,7 @@ def _case_inputs(name):
     """The first sample case of an op, its input (and indices) and torch's answer."""
     from tests.reference import cases, reference, sample, unpool_inputs
 
-    spec = CATALOGUE[name]
+    spec = OPERATIONS[name]
     case = cases(spec)[0]
     if spec.family.extra_tensors:
         values, indices = unpool_inputs(spec, case, torch.float32)

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.catalogue import CATALOGUE
+from app.operations import OPERATIONS
 from tests.conftest import Client
 from tests.reference import adaptive_max_numpy, cases, sample, unpool_inputs
 
-FIRST_CASES = [pytest.param(name, cases(spec)[0], id=name) for name, spec in CATALOGUE.items()]
-WITH_INDICES = [p for p in FIRST_CASES if CATALOGUE[p.values[0]].family.has_indices]
+FIRST_CASES = [pytest.param(name, cases(spec)[0], id=name) for name, spec in OPERATIONS.items()]
+WITH_INDICES = [p for p in FIRST_CASES if OPERATIONS[p.values[0]].family.has_indices]
 
 
 def pool(client, op, **document):
@@ -24,7 +24,7 @@ def pool(client, op, **document):
 
 
 def _inputs(op, case):
-    spec = CATALOGUE[op]
+    spec = OPERATIONS[op]
     if spec.family.extra_tensors:
         import torch
 
@@ -34,7 +34,7 @@ def _inputs(op, case):
 
 
 def _indices_params(op, case):
-    return {"return_indices": True} if CATALOGUE[op].family.has_indices else {}
+    return {"return_indices": True} if OPERATIONS[op].family.has_indices else {}
 
 
 @pytest.mark.parametrize(("op", "case"), FIRST_CASES)
@@ -61,7 +61,7 @@ def test_dry_run_answers_the_shape_without_computing(client, op, case):
     assert dry["shape"] == real["shape"] and dry["dtype"] == "float32"
     assert dry["output"] is None and dry["indices"] is None
     if "kernel_size" in case.params and not op.startswith(("fractional", "max-unpool")):
-        assert len(dry["padding"]) == CATALOGUE[op].rank and all(len(pair) == 2 for pair in dry["padding"])
+        assert len(dry["padding"]) == OPERATIONS[op].rank and all(len(pair) == 2 for pair in dry["padding"])
     else:
         assert dry["padding"] is None
 
@@ -86,7 +86,7 @@ def test_global_indices_point_into_the_whole_input(client, op, case):
     params = {**case.params, "return_indices": True}
     plane = pool(client, op, input=x.tolist(), **params)
     whole = pool(client, op, input=x.tolist(), indices_layout="global", **params)
-    batched = x if x.ndim == CATALOGUE[op].rank + 2 else x[None]
+    batched = x if x.ndim == OPERATIONS[op].rank + 2 else x[None]
     flat_values = batched.reshape(-1)
     global_indices = np.array(whole["indices"])
     np.testing.assert_array_equal(flat_values[global_indices], np.array(whole["output"], np.float32))
@@ -112,7 +112,7 @@ def test_keepdims_false_drops_the_pooled_dimensions(client, family, rank):
 
 @pytest.mark.parametrize("op", ["max-unpool1d", "max-unpool2d", "max-unpool3d"])
 def test_unpool_accepts_both_index_layouts(client, op):
-    case = cases(CATALOGUE[op])[0]
+    case = cases(OPERATIONS[op])[0]
     x, extra = _inputs(op, case)
     indices = extra["indices"]
     per_plane = np.prod([2 * s for s in case.spatial])
@@ -151,7 +151,7 @@ def test_fractional_seed_gives_the_same_output_in_another_worker():
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "int64"])
 @pytest.mark.parametrize("op", ["adaptive-max1d", "adaptive-max2d", "adaptive-max3d"])
 def test_integer_adaptive_max_is_exact_at_the_extremes(client, op, dtype):
-    rank = CATALOGUE[op].rank
+    rank = OPERATIONS[op].rank
     info = np.iinfo(np.dtype(dtype))
     x = np.full((1, 2, *(5,) * rank), info.min, dtype=dtype)
     x.flat[3] = info.max

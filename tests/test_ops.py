@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from app.catalogue import CATALOGUE
-from app.execution import TORCH_DTYPE
+from app.operations import OPERATIONS
+from app.dtypes import TABLE
 from tests.conftest import assert_problem
 from tests.reference import Case, cases, reference, sample, unpool_inputs
 from tests.transport import TRANSPORTS, read_answer, send
 
 MATRIX = [
-    pytest.param(name, case, id=f"{name}-{i}") for name, spec in CATALOGUE.items() for i, case in enumerate(cases(spec))
+    pytest.param(name, case, id=f"{name}-{i}") for name, spec in OPERATIONS.items() for i, case in enumerate(cases(spec))
 ]
 
 
 def _inputs(op: str, case: Case, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-    spec = CATALOGUE[op]
+    spec = OPERATIONS[op]
     if spec.family.extra_tensors:
         values, indices = unpool_inputs(spec, case, torch.float64)
         array = values.numpy().astype(np.float32 if dtype == "bfloat16" else dtype)
@@ -27,8 +27,8 @@ def _inputs(op: str, case: Case, dtype: str) -> tuple[np.ndarray, np.ndarray | N
 
 
 def _expected(op: str, case: Case, x: np.ndarray, dtype: str, indices: np.ndarray | None):
-    spec = CATALOGUE[op]
-    tensor = torch.from_numpy(x).to(TORCH_DTYPE[dtype])
+    spec = OPERATIONS[op]
+    tensor = torch.from_numpy(x).to(TABLE[dtype].torch)
     extra = torch.from_numpy(indices) if indices is not None else None
     try:
         out, idx = reference(spec, tensor, case.params, extra)
@@ -39,14 +39,14 @@ def _expected(op: str, case: Case, x: np.ndarray, dtype: str, indices: np.ndarra
         assert "not implemented" in str(exc), exc
         wider = torch.float32 if tensor.is_floating_point() else torch.int64
         out, idx = reference(spec, tensor.to(wider), case.params, extra)
-        out = out.to(TORCH_DTYPE[dtype])
+        out = out.to(TABLE[dtype].torch)
     return out.to(torch.float64 if out.is_floating_point() else out.dtype).numpy(), idx
 
 
 def _compare(op: str, got: np.ndarray, want: np.ndarray, dtype: str) -> None:
     assert got.shape == want.shape
-    spec = CATALOGUE[op]
-    exact = spec.family.dtypes != CATALOGUE["avg2d"].family.dtypes or dtype.startswith(("int", "uint"))
+    spec = OPERATIONS[op]
+    exact = spec.family.dtypes != OPERATIONS["avg2d"].family.dtypes or dtype.startswith(("int", "uint"))
     # JSON carries each value's shortest decimal form: read it back into the dtype first.
     got = got.astype(np.float32 if dtype == "bfloat16" else dtype)
     if exact:
@@ -79,7 +79,7 @@ def test_matches_torch_in_every_transport(client, op, case, transport):
 
 DTYPE_MATRIX = [
     pytest.param(name, cases(spec)[0], dtype, id=f"{name}-{dtype}")
-    for name, spec in CATALOGUE.items()
+    for name, spec in OPERATIONS.items()
     for dtype in spec.family.dtypes
 ]
 

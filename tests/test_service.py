@@ -7,7 +7,7 @@ import re
 import torch
 
 from app import __version__
-from app.catalogue import CATALOGUE
+from app.operations import OPERATIONS
 
 CONTRACT_OPS = {
     *(
@@ -21,7 +21,7 @@ CONTRACT_OPS = {
 
 
 def test_catalogue_holds_exactly_the_contract_ops():
-    assert set(CATALOGUE) == CONTRACT_OPS
+    assert set(OPERATIONS) == CONTRACT_OPS
 
 
 def test_health_and_readiness(client):
@@ -61,7 +61,7 @@ def test_listing_describes_every_op_and_its_parameters(client):
 
 def test_openapi_has_a_route_with_parameters_and_examples_per_op(client):
     schema = client.get("/openapi.json").json()
-    for name, spec in CATALOGUE.items():
+    for name, spec in OPERATIONS.items():
         operation = schema["paths"][f"/pool/{name}"]["post"]
         assert operation["operationId"] == f"pool-{name}"
         content = operation["requestBody"]["content"]
@@ -75,7 +75,7 @@ def test_openapi_has_a_route_with_parameters_and_examples_per_op(client):
 def test_openapi_examples_run_and_succeed(client):
     """Every worked example in the docs is a request the service answers."""
     schema = client.get("/openapi.json").json()
-    for name in CATALOGUE:
+    for name in OPERATIONS:
         examples = schema["paths"][f"/pool/{name}"]["post"]["requestBody"]["content"]["application/json"]["examples"]
         for example in examples.values():
             response = client.post(f"/pool/{name}", json=example["value"])

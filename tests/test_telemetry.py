@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from app.telemetry import ACCESS_LOG, JsonLines
+from app.telemetry import JsonLines
 
 GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
 
@@ -89,9 +89,9 @@ def test_metrics_need_a_key_when_keys_are_set(make_client):
 
 def test_each_request_logs_one_json_line(client, monkeypatch):
     stream = io.BytesIO()
-    monkeypatch.setattr(ACCESS_LOG, "_stream", stream)
+    monkeypatch.setattr(client.access_log, "stream", stream)
     client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}, headers={"x-request-id": "abc-1"})
-    ACCESS_LOG.flush()
+    client.access_log.flush()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     mine = [line for line in lines if line["request_id"] == "abc-1"]
     assert len(mine) == 1

@@ -1,0 +1,66 @@
+"""The pooling endpoint: `POST /pool/{op}` and `POST /v2/models/{op}/infer`, as a
+plain ASGI middleware in front of FastAPI's router.
+
+For a tiny tensor the pooling takes microseconds, so the router, request
+objects and dependency injection would cost more than the work; this layer
+answers those two paths straight from the ASGI scope (any other method on
+them gets a 405 here) and passes everything else on. It sits in the app's
+middleware stack like any other layer (`app.main.create_app` lists it), so
+whatever wraps the app the usual way, `add_middleware`, `@app.middleware`,
+OpenTelemetry's instrumentation, wraps these paths too. `app.openapi`
+documents them.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import ClientGone, NotFound, ProblemError
+from app.inference import decode_oip
+from app.native import decode_native
+from app.paths import compute_target
+from app.pipeline import Decoder, Runtime, run_operation
+from app.requests import Incoming
+from app.responses import Answer, Reply, internal_error, problem_of, problem_response
+
+DECODERS: dict[str, Decoder[Answer]] = {"native": decode_native, "protocol": decode_oip}
+
+
+class PoolEndpoint:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = compute_target(scope["path"]) if scope["type"] == "http" else None
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        op, door = target
+        protocol = door == "protocol"
+        response: Reply
+        if scope["method"] != "POST":
+            response = problem_response(
+                405, f"{scope['method']} is not allowed on {scope['path']}", headers={"Allow": "POST"}, v2=protocol
+            )
+            await response(scope, receive, send)
+            return
+        try:
+            operation = self.runtime.operations.get(op)
+            if operation is None:
+                raise NotFound(f"unknown operation {op!r}; GET /pool lists the operations")
+            response = await run_operation(operation, incoming(scope, receive), self.runtime, DECODERS[door])
+        except ProblemError as problem:
+            response = problem_of(problem, v2=protocol)
+        except ClientGone:
+            return  # nobody is left to answer
+        except Exception as exc:
+            response = internal_error(scope, exc, v2=protocol)
+        await response(scope, receive, send)
+
+
+def incoming(scope: Scope, receive: Receive) -> Incoming:
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    query = scope.get("query_string", b"")
+    return Incoming(headers, QueryParams(query) if query else None, receive)

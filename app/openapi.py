@@ -1,0 +1,203 @@
+"""The OpenAPI schema: FastAPI's routes as FastAPI describes them, and the pooling
+endpoint's paths (`POST /pool/{op}` per op and `POST /v2/models/{op}/infer`),
+which are served in front of FastAPI's router and described here, from the
+operation table, by this one mechanism."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+from app.dtypes import BY_PROTOCOL
+from app.negotiation import JSON, NPY, NPZ, PROBLEM_JSON
+from app.operations import Operation
+from app.params import TensorField
+from app.paths import POOL_PREFIX, V2_INFER, V2_MODELS, needs_key
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class PoolResponse(BaseModel):
+    op: str = Field(description="The operation that ran.")
+    shape: list[int] = Field(description="The output's shape.")
+    dtype: str = Field(description="The output's dtype (the input's).")
+    output: TensorField | None = Field(description="The pooled tensor, in the requested encoding; null for a dry run.")
+    indices: TensorField | None = Field(
+        description="int64 argmax positions, shaped as the output, when return_indices is true; else null."
+    )
+    device: str = Field(description="Where the pooling ran.")
+    random_seed: int | None = Field(None, description="Fractional ops only: the seed that was used.")
+    padding: list[list[int]] | None = Field(
+        None, description="Dry runs only: the effective [begin, end] padding per spatial dimension, or null."
+    )
+
+
+POOL_ERRORS = {
+    400: "The body or a tensor cannot be decoded",
+    404: "Unknown operation",
+    406: "Accept names nothing the service produces",
+    413: "Body, tensor or result over a limit",
+    415: "Unsupported Content-Type",
+    422: "Invalid parameters, or parameters invalid for this tensor",
+}
+INFER_ERRORS = {
+    400: "The request does not follow the protocol, or names an unknown parameter, input or output",
+    404: "No such model",
+    413: "Body, tensor or result over a limit",
+    422: "Parameters invalid for this tensor",
+    503: "Every compute slot and queue place is taken",
+}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY_NOTE = (
+    "\n\nBinary form: send the raw `.npy` as the body with `Content-Type: application/x-npy` "
+    "(or an uncompressed `.npz` with members `input`{extra} as `application/x-npz`) and the parameters as "
+    "query parameters (`?kernel_size=3,2&return_indices=true`). The answer follows `Accept`: "
+    "`application/x-npz` (default for binary requests), `application/x-npy` (the output alone) "
+    "or `application/json`."
+)
+
+
+def _describe(operation: Operation) -> str:
+    family = operation.family
+    extra = "".join(f" and `{name}`" for name in family.extra_tensors)
+    rank = operation.rank
+    text = (
+        f"{family.summary} over {rank} spatial dimension{'s' if rank > 1 else ''}, "
+        f"as `{operation.reference}`.\n\n{family.meaning}\n\nInput layout `(N, C, *spatial)` or unbatched "
+        f'`(C, *spatial)`, or `data_format: "channels_last"`. Dtypes: {", ".join(family.dtypes)}.'
+    )
+    if family.has_indices:
+        text += " With `return_indices`, `indices` holds the argmax positions (flat within each spatial plane)."
+    return text + BINARY_NOTE.format(extra=extra)
+
+
+def _errors(statuses: dict[int, str], problem: dict[str, Any]) -> dict[str, Any]:
+    return {
+        str(status): {"description": text, "content": {PROBLEM_JSON: {"schema": problem}}}
+        for status, text in statuses.items()
+    }
+
+
+def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pooling endpoint's OpenAPI paths, and the component schemas they refer to."""
+    refs, definitions = models_json_schema(
+        [(PoolResponse, "serialization"), (Problem, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    answer, problem = refs[(PoolResponse, "serialization")], refs[(Problem, "serialization")]
+    paths: dict[str, Any] = {}
+    for operation in operations.values():
+        request: dict[str, Any] = {"schema": operation.params.model_json_schema()}
+        examples = operation.family.examples(operation.rank)
+        if examples:
+            request["examples"] = examples
+        paths[f"{POOL_PREFIX}{operation.name}"] = {
+            "post": {
+                "tags": [operation.family.name],
+                "summary": f"{operation.family.summary} ({operation.rank}D)",
+                "description": _describe(operation),
+                "operationId": f"pool-{operation.name}",
+                "requestBody": {"required": True, "content": {JSON: request, NPY: BINARY, NPZ: BINARY}},
+                "responses": {
+                    # JSON first: the docs page's Accept follows the first media type.
+                    "200": {
+                        "description": "The pooled tensor",
+                        "content": {JSON: {"schema": answer}, NPY: BINARY, NPZ: BINARY},
+                    },
+                    **_errors(POOL_ERRORS, problem),
+                },
+            }
+        }
+    paths[f"{V2_MODELS}{{op}}{V2_INFER}"] = {
+        "post": {
+            "tags": ["open inference protocol"],
+            "summary": "Inference (pooling) per the protocol",
+            "operationId": "v2-infer",
+            "parameters": [{"name": "op", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {JSON: {"schema": INFER_REQUEST}}},
+            "responses": {
+                "200": {
+                    "description": "The outputs, as JSON or with the binary tensor data extension",
+                    "content": {JSON: {"schema": {"type": "object"}}, "application/octet-stream": BINARY},
+                },
+                **_errors(INFER_ERRORS, problem),
+            },
+        }
+    }
+    return paths, definitions.get("$defs", {})
+
+
+def schema_builder(app: FastAPI, operations: dict[str, Operation], keys: bool) -> Callable[[], dict[str, Any]]:
+    """`app.openapi`: FastAPI's own routes and the endpoint's paths, built once."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        paths, definitions = endpoint_paths(operations)
+        schema["paths"].update(paths)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+        if keys:
+            # The docs page's Authorize button: either header carries the key.
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            for path, methods in schema["paths"].items():
+                for method, spec in methods.items():
+                    if needs_key(method.upper(), path):
+                        spec["security"] = [{"bearer": []}, {"apiKey": []}]
+                        spec["responses"]["401"] = {
+                            "description": "An API key is configured and the request lacks a valid one"
+                        }
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+INFER_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "description": "The pooling parameters, by the service's names."},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": ["input", "indices"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": list(BY_PROTOCOL)},
+                    "data": {"type": "array", "items": {}},
+                    "parameters": {"type": "object"},
+                },
+                "required": ["name", "shape", "datatype"],
+            },
+        },
+        "outputs": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["inputs"],
+    "example": {
+        "parameters": {"kernel_size": 2},
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+    },
+}

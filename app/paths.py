@@ -1,0 +1,47 @@
+"""The service's path grammar, in one place: which paths compute (the pooling
+endpoint's), which need an API key, and which op a request is metered under."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable
+from typing import Literal
+
+POOL_PREFIX = "/pool/"
+V2_MODELS, V2_INFER = "/v2/models/", "/infer"
+Door = Literal["native", "protocol"]
+
+
+def compute_target(path: str) -> tuple[str, Door] | None:
+    """(op, door) for the paths the pooling endpoint serves: `/pool/{op}` (the native
+    API) and `/v2/models/{op}/infer` (the Open Inference Protocol); `op` is not
+    checked against any table here."""
+    if path.startswith(POOL_PREFIX):
+        op = path[len(POOL_PREFIX) :]
+        return (op, "native") if "/" not in op else None
+    if path.startswith(V2_MODELS) and path.endswith(V2_INFER):
+        op = path[len(V2_MODELS) : -len(V2_INFER)]
+        return (op, "protocol") if op and "/" not in op else None
+    return None
+
+
+def needs_key(method: str, path: str) -> bool:
+    """The routes that compute or report usage; health, docs, schema, /info and the
+    catalogue stay open."""
+    if path == "/metrics":
+        return True
+    return method == "POST" and compute_target(path) is not None
+
+
+def metered_op(method: str, path: str, operations: Container[str]) -> str | None:
+    """The op a request computes, for metrics: `unknown` for a name no op has, None
+    for requests that compute nothing."""
+    target = compute_target(path) if method == "POST" else None
+    if target is None:
+        return None
+    return target[0] if target[0] in operations else "unknown"
+
+
+def served_paths(operations: Iterable[str]) -> set[str]:
+    """The POST paths the pooling endpoint answers for these ops, as the OpenAPI
+    schema names them."""
+    return {f"{POOL_PREFIX}{op}" for op in operations} | {f"{V2_MODELS}{{op}}{V2_INFER}"}

@@ -1,0 +1,116 @@
+"""Answers as HTTP: errors as problem+json (RFC 9457), rendered here and nowhere
+else, and `Answer`, a finished answer sent as a plain ASGI app."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from app.errors import ProblemError
+from app.negotiation import PROBLEM_JSON
+
+log = logging.getLogger("app.errors")
+
+
+class Answer:
+    """An answer whose status, headers and body are ready: sending it is two ASGI
+    messages, with none of the generic header work of a framework response, which
+    for a small tensor costs more than the pooling did."""
+
+    __slots__ = ("body", "raw_headers", "status_code")
+
+    def __init__(self, body: bytes, media_type: str, headers: dict[str, str] | None = None) -> None:
+        self.status_code = 200
+        self.body = body
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), (b"content-type", media_type.encode("latin-1"))]
+        if headers:
+            self.raw_headers += [
+                (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+            ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+Reply = Answer | Response
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+    v2: bool = False,
+) -> Response:
+    """Problem details; `v2` adds the Open Inference Protocol's `error` member."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    if request_id is not None:
+        body["request_id"] = request_id
+    if v2:
+        body["error"] = detail
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_of(error: ProblemError, v2: bool = False) -> Response:
+    return problem_response(error.status, error.detail, error.errors, error.headers, v2=v2)
+
+
+def request_id(scope: Any) -> str | None:
+    state = scope.get("state")
+    return state.get("request_id") if isinstance(state, dict) else None
+
+
+def internal_error(scope: Any, exc: BaseException, v2: bool = False) -> Response:
+    """A bug that escaped: logged whole under the request's id, answered with the id
+    and nothing of its internals."""
+    rid = request_id(scope)
+    log.error("unhandled error on %s %s [request %s]", scope.get("method"), scope.get("path"), rid, exc_info=exc)
+    return problem_response(500, "internal error; quote the request id when reporting it", request_id=rid, v2=v2)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The framework's own errors, and ours raised in its routes, as problem+json."""
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_of(exc, v2=request.url.path.startswith("/v2/"))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail
+        if exc.status_code == 404:
+            detail = f"nothing at {request.url.path}; GET /pool lists the operations"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}))
+
+    async def on_request_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e["loc"]), "msg": str(e["msg"]), "type": e["type"]} for e in exc.errors()]
+        return problem_response(422, "the request is invalid", errors)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, never client input: log it, and say nothing of its internals.
+        return internal_error(request.scope, exc)
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(Exception, on_unexpected)
