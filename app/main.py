@@ -83,6 +83,10 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
         description=DESCRIPTION,
         lifespan=lifespan,
         middleware=layers,
+        # FastAPI's own OpenTelemetry looks up the global providers on every request,
+        # which costs more than pooling a small tensor; traces come from OpenTelemetry's
+        # ASGI middleware added to the app, which wraps every route.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,
         redoc_url=None,
         swagger_ui_parameters={"defaultModelsExpandDepth": 0, "tryItOutEnabled": True, "deepLinking": True},

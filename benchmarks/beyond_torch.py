@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.operations import OPERATIONS
 from app.layout import Layout, global_indices
+from app.operations import OPERATIONS
 
 
 def service(op: str, x: torch.Tensor, channels_last: bool = False, **params: Any) -> Callable[[], Any]:

@@ -31,9 +31,9 @@ import orjson
 import torch
 import torch.nn.functional as F
 
-from app.operations import OPERATIONS
 from app.dtypes import FLOAT_DTYPES
 from app.main import create_app
+from app.operations import OPERATIONS
 from app.settings import Settings
 from benchmarks.serve import npy, post, server
 

@@ -20,6 +20,11 @@ W2-W4 run the service, the in-process floor and HTTP alone (a plain ASGI app
 that reads the same body) in turn in every round, and compare the medians.
 
     python benchmarks/serve.py [--threads N] [--repeat 15] [--seconds 5] [--rounds 3]
+    python benchmarks/serve.py --against ../old-checkout
+
+With `--against DIR` it compares this checkout's service with the one in
+another checkout instead (before and after a change): both serve W1-W4, in
+turn in every round, and each workload's medians are set side by side.
 
 wrk comes from Debian's package (`apt-get install wrk`).
 """
@@ -76,16 +81,16 @@ def wait_ready(url: str, deadline: float = 60, process: subprocess.Popen[bytes] 
 
 
 @contextmanager
-def server(app: str, threads: int) -> Iterator[tuple[int, int]]:
-    """(port, pid) of a uvicorn process serving `app`."""
+def server(app: str, threads: int, root: Path = ROOT) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a uvicorn process serving `app` from the checkout at `root`."""
     port = free_port()
     env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
     # The server's logs (a JSON line per request, as deployed) go to a file, not the report.
     log = tempfile.NamedTemporaryFile("wb", prefix="pool-bench-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -169,34 +174,87 @@ def npy(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+class Workloads:
+    """The request bodies of W1-W4."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.tiny = orjson.dumps(
+            {
+                "input": rng.standard_normal((1, 1, 4, 4)).astype(np.float32).tolist(),
+                "kernel_size": 2,
+                "return_indices": True,
+            }
+        )
+        self.medium = orjson.dumps(
+            {"input": rng.standard_normal((1, 16, 128, 128)).astype(np.float32).tolist(), "kernel_size": 2}
+        )
+        self.large_x = rng.standard_normal((8, 64, 112, 112)).astype(np.float32)
+        self.large_npy = npy(self.large_x)
+        self.large_b64 = orjson.dumps(
+            {"input": {"npy_base64": base64.b64encode(self.large_npy).decode()}, "kernel_size": 2, "stride": 2}
+        )
+        head_x = rng.standard_normal((32, 512, 7, 7)).astype(np.float32)
+        self.head_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(npy(head_x)).decode()}})
+
+
+def compare(args: argparse.Namespace, w: Workloads, other: Path) -> None:
+    """This checkout's service against another's, W1-W4, in turn in every round."""
+    print(f"{'workload':<44} {'this':>12} {'other':>12} {'ratio':>7}")
+    json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
+    with (
+        server("app.main:app", args.threads) as (port, _),
+        server("app.main:app", args.threads, other) as (other_port, _),
+    ):
+        if shutil.which("wrk"):
+            for each in (port, other_port):
+                wrk(each, w.tiny, 2)
+            rounds = [[wrk(each, w.tiny, args.seconds) for each in (port, other_port)] for _ in range(args.rounds)]
+            ours, theirs = (statistics.median(r[column]["rps"] for r in rounds) for column in range(2))
+            print(f"{'W1 tiny max2d, 32 clients: requests/s':<44} {ours:12.0f} {theirs:12.0f} {theirs / ours:6.2f}x")
+            each_round = ", ".join(f"{r[1]['rps'] / r[0]['rps']:.2f}x" for r in rounds)
+            print(f"{'   other rps / this rps in each round':<44} {each_round}")
+        else:
+            print("W1 skipped: wrk is not installed (apt-get install wrk)")
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        other_connection = http.client.HTTPConnection("127.0.0.1", other_port)
+        large_path = "/pool/max2d?kernel_size=2&stride=2"
+        cases = [
+            ("W2 medium JSON 1x16x128x128, one client", "/pool/max2d", w.medium, json_type, json_type),
+            ("W3 large .npy body -> .npz, one client", large_path, w.large_npy, npy_type, npz_type),
+            ("W3 large npy_base64 in JSON", "/pool/max2d", w.large_b64, json_type, json_type),
+            ("W4 global-avg2d 32x512x7x7 npy_base64", "/pool/global-avg2d", w.head_b64, json_type, json_type),
+        ]
+        for name, path, body, content, accept in cases:
+            ours, theirs = interleaved(
+                [
+                    lambda: post(connection, path, body, content, accept),  # noqa: B023
+                    lambda: post(other_connection, path, body, content, accept),  # noqa: B023
+                ],
+                args.repeat,
+            )
+            print(f"{name + ' (ms)':<44} {ours:12.2f} {theirs:12.2f} {ours / theirs:6.2f}x")
+        connection.close()
+        other_connection.close()
+    print("ratio: this checkout's time over the other's (W1: the other's rate over this one's); above 1 is slower")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--seconds", type=int, default=5, help="length of each W1 round")
     parser.add_argument("--rounds", type=int, default=3, help="W1 rounds, alternating between the servers")
+    parser.add_argument("--against", type=Path, help="another checkout of the service to compare this one with")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__} on {args.threads} threads, {os.cpu_count()} cores")
+    workloads = Workloads(np.random.default_rng(0))
+    if args.against is not None:
+        compare(args, workloads, args.against.resolve())
+        return
     print(f"{'workload':<44} {'service':>16} {'floor':>16} {'ratio':>7}")
-
-    tiny = orjson.dumps(
-        {
-            "input": rng.standard_normal((1, 1, 4, 4)).astype(np.float32).tolist(),
-            "kernel_size": 2,
-            "return_indices": True,
-        }
-    )
-    medium_x = rng.standard_normal((1, 16, 128, 128)).astype(np.float32)
-    medium = orjson.dumps({"input": medium_x.tolist(), "kernel_size": 2})
-    large_x = rng.standard_normal((8, 64, 112, 112)).astype(np.float32)
-    large_npy = npy(large_x)
-    large_b64 = orjson.dumps(
-        {"input": {"npy_base64": base64.b64encode(large_npy).decode()}, "kernel_size": 2, "stride": 2}
-    )
-    head_x = rng.standard_normal((32, 512, 7, 7)).astype(np.float32)
-    head_b64 = orjson.dumps({"input": {"npy_base64": base64.b64encode(npy(head_x)).decode()}})
+    tiny, medium, large_x = workloads.tiny, workloads.medium, workloads.large_x
+    large_npy, large_b64, head_b64 = workloads.large_npy, workloads.large_b64, workloads.head_b64
 
     if shutil.which("wrk"):
         # Rounds alternate between the servers, so a slow spell of a shared machine

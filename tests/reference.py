@@ -1,8 +1,7 @@
-"""Sample cases for every catalogue operation and what torch computes for them.
-
-The references call `torch.nn.functional` directly, independently of the
-service's kernels, so a test compares the service with torch itself.
-"""
+"""Independent computations the tests compare the service with: element-by-element
+numpy where torch has no kernel, sample data, and window arithmetic written
+out cell by cell. Each family's sample cases and torch reference are in
+`tests.families`."""
 
 from __future__ import annotations
 
@@ -19,6 +18,8 @@ from app.operations import Operation
 
 @dataclass(frozen=True)
 class Case:
+    """One sample request: parameters and the input's shape."""
+
     params: dict[str, Any]
     spatial: tuple[int, ...]
     batch: int | None = 2  # None: unbatched (C, *spatial)
@@ -29,138 +30,9 @@ class Case:
         return (*lead, *self.spatial)
 
 
-def cases(spec: Operation) -> list[Case]:
-    r = spec.rank
-    sp = {1: (9,), 2: (7, 6), 3: (5, 6, 4)}[r]
-    family = spec.family.name
-    if family == "max":
-        return [
-            Case({"kernel_size": 2, "return_indices": True}, sp),
-            Case(
-                {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 1, "ceil_mode": True, "return_indices": True},
-                sp,
-                batch=None,
-            ),
-            Case({"kernel_size": [2] * r, "stride": 1, "dilation": 2}, sp),
-        ]
-    if family == "avg":
-        return [
-            Case({"kernel_size": 2}, sp),
-            Case(
-                {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False},
-                sp,
-                batch=None,
-            ),
-            Case({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "divisor_override": 5}, sp),
-        ]
-    if family == "lp":
-        return [
-            Case({"norm_type": 2, "kernel_size": 2}, sp),
-            Case({"norm_type": 1.5, "kernel_size": 3, "stride": 2, "ceil_mode": True}, sp, batch=None),
-            Case({"norm_type": "Infinity", "kernel_size": 2, "stride": 1}, sp),
-        ]
-    if family == "adaptive-max":
-        return [
-            Case({"output_size": 3, "return_indices": True}, sp),
-            Case({"output_size": [None] * (r - 1) + [4]}, sp, batch=None),
-        ]
-    if family == "adaptive-avg":
-        return [Case({"output_size": 3}, sp), Case({"output_size": [None] * (r - 1) + [4]}, sp, batch=None)]
-    if family == "global-max":
-        return [Case({"return_indices": True}, sp), Case({}, sp, batch=None)]
-    if family == "global-avg":
-        return [Case({}, sp), Case({}, sp, batch=None)]
-    if family == "fractional-max":
-        return [
-            Case({"kernel_size": 2, "output_size": 2, "random_seed": 11, "return_indices": True}, sp),
-            Case({"kernel_size": 2, "output_ratio": 0.5, "random_seed": 5}, sp, batch=None),
-        ]
-    if family == "max-unpool":
-        return [
-            Case({"kernel_size": 2}, sp),
-            # The source of the indices had twice the size: say so, as torch needs.
-            Case({"kernel_size": 3, "stride": 2, "padding": 1, "output_size": [2 * s for s in sp]}, sp, batch=None),
-        ]
-    raise AssertionError(f"no cases for {family}")
-
-
-def _spatial_list(value: Any, rank: int) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value] * rank
-
-
 def fractional_samples(seed: int, batch: int, channels: int, rank: int, dtype: torch.dtype) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, channels, rank, generator=generator, dtype=torch.float64).to(dtype)
-
-
-def reference(spec: Operation, x: torch.Tensor, params: dict[str, Any], indices: torch.Tensor | None = None):
-    """(output, indices or None) as torch computes them for the op's parameters."""
-    r = spec.rank
-    p = dict(params)
-    want = p.pop("return_indices", False)
-    fam = spec.family.name
-    if fam == "max":
-        out, idx = getattr(F, f"max_pool{r}d")(x, return_indices=True, **p)
-        return out, idx if want else None
-    if fam == "avg":
-        if r == 1:
-            # torch's avg_pool1d has no divisor_override; its 2-D form with height 1 is the same kernel.
-            k, s = p["kernel_size"], p.get("stride") or p["kernel_size"]
-            out = F.avg_pool2d(
-                x.unsqueeze(-2),
-                (1, k),
-                (1, s),
-                (0, p.get("padding", 0)),
-                p.get("ceil_mode", False),
-                p.get("count_include_pad", True),
-                p.get("divisor_override"),
-            )
-            return out.squeeze(-2), None
-        return getattr(F, f"avg_pool{r}d")(x, **p), None
-    if fam == "lp":
-        norm = p.pop("norm_type")
-        norm = float("inf") if norm == "Infinity" else norm
-        return getattr(F, f"lp_pool{r}d")(x, norm, **p), None
-    if fam in ("adaptive-max", "adaptive-avg"):
-        size = [s if s is not None else x.shape[-r + d] for d, s in enumerate(_spatial_list(p["output_size"], r))]
-        if fam == "adaptive-max" and not x.is_floating_point():
-            out, idx = adaptive_max_numpy(x.numpy(), size)
-            return torch.from_numpy(out), torch.from_numpy(idx) if want else None
-        if fam == "adaptive-max":
-            out, idx = getattr(F, f"adaptive_max_pool{r}d")(x, size, return_indices=True)
-            return out, idx if want else None
-        return getattr(F, f"adaptive_avg_pool{r}d")(x, size), None
-    if fam == "global-max":
-        if not x.is_floating_point():
-            flat = x.flatten(-r)
-            values, positions = flat.max(dim=-1)
-            shape = (*x.shape[:-r], *([1] * r))
-            return values.reshape(shape), positions.reshape(shape) if want else None
-        out, idx = getattr(F, f"adaptive_max_pool{r}d")(x, 1, return_indices=True)
-        return out, idx if want else None
-    if fam == "global-avg":
-        return getattr(F, f"adaptive_avg_pool{r}d")(x, 1), None
-    if fam == "fractional-max":
-        batched = x if x.dim() == r + 2 else x.unsqueeze(0)
-        if "output_ratio" in p:  # torch's fractional pooling fails on a bare float ratio
-            p["output_ratio"] = _spatial_list(p["output_ratio"], r)
-        samples = fractional_samples(p.pop("random_seed"), batched.shape[0], batched.shape[1], r, x.dtype)
-        out, idx = getattr(F, f"fractional_max_pool{r}d")(batched, return_indices=True, _random_samples=samples, **p)
-        if x.dim() == r + 1:
-            out, idx = out.squeeze(0), idx.squeeze(0)
-        return out, idx if want else None
-    if fam == "max-unpool":
-        out = getattr(F, f"max_unpool{r}d")(x.double(), indices, **p)
-        if x.is_floating_point():
-            return getattr(F, f"max_unpool{r}d")(x, indices, **p), None
-        # torch's max_unpool takes floats only: place integers with numpy, at
-        # the positions torch's float64 result has (unique indices here).
-        lead = x.shape[:-r]
-        values = x.numpy().reshape(*lead, -1)
-        placed = np.zeros((*lead, int(np.prod(out.shape[-r:]))), dtype=values.dtype)
-        np.put_along_axis(placed, indices.numpy().reshape(*lead, -1), values, axis=-1)
-        return torch.from_numpy(placed.reshape(out.shape)), None
-    raise AssertionError(fam)
 
 
 def adaptive_max_numpy(x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.operations import OPERATIONS
 from app.client import AsyncPoolClient, PoolClient, PoolError
 from app.main import create_app
 from app.operations import OPERATIONS
@@ -105,7 +104,8 @@ def test_503_is_retried_after_its_retry_after():
 
 def _case_inputs(name):
     """The first sample case of an op, its input (and indices) and torch's answer."""
-    from tests.reference import cases, reference, sample, unpool_inputs
+    from tests.families import cases, reference
+    from tests.reference import sample, unpool_inputs
 
     spec = OPERATIONS[name]
     case = cases(spec)[0]

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from app.operations import OPERATIONS
 from tests.conftest import Client
-from tests.reference import adaptive_max_numpy, cases, sample, unpool_inputs
+from tests.families import cases
+from tests.reference import adaptive_max_numpy, sample, unpool_inputs
 
 FIRST_CASES = [pytest.param(name, cases(spec)[0], id=name) for name, spec in OPERATIONS.items()]
 WITH_INDICES = [p for p in FIRST_CASES if OPERATIONS[p.values[0]].family.has_indices]
