@@ -65,14 +65,15 @@ class Gate:
         rid = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         extra = [*SECURITY_HEADERS, (b"x-request-id", rid.encode())]
-        answer = {"status": 0, "bytes": 0}
+        status = sent = 0
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status, sent
             if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
+                status = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             elif message["type"] == "http.response.body":
-                answer["bytes"] += len(message.get("body", b""))
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -86,7 +87,7 @@ class Gate:
                 return
             await self.app(scope, receive, send_with_headers)
         finally:
-            self._record(scope, rid, answer["status"], answer["bytes"], time.perf_counter() - started)
+            self._record(scope, rid, status, sent, time.perf_counter() - started)
 
     def _record(self, scope: Scope, rid: str, status: int, bytes_out: int, seconds: float) -> None:
         path = scope["path"]
@@ -94,19 +95,8 @@ class Gate:
         bytes_in = _content_length(scope)
         if op is not None:
             self._metrics.observe(op, status, seconds, bytes_in, bytes_out)
-        client = scope.get("client")
-        self._access_log.emit(
-            {
-                "request_id": rid,
-                "method": scope["method"],
-                "path": path,
-                "op": op,
-                "status": status,
-                "latency_ms": round(seconds * 1000, 3),
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "client": f"{client[0]}:{client[1]}" if client else None,
-            }
+        self._access_log.request(
+            rid, scope["method"], path, op, status, seconds, bytes_in, bytes_out, scope.get("client")
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from app import examples, planning
@@ -56,11 +57,13 @@ class Kernel:
         self.name = name
         self._function: Callable[..., Result] | None = None
 
+    def resolve(self) -> Callable[..., Result]:
+        if self._function is None:
+            self._function = getattr(importlib.import_module("app.kernels"), self.name)
+        return self._function
+
     def __call__(self, x: torch.Tensor, params: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
-        function = self._function
-        if function is None:
-            function = self._function = getattr(importlib.import_module("app.kernels"), self.name)
-        return function(x, params, plan, extra)
+        return self.resolve()(x, params, plan, extra)
 
     def __repr__(self) -> str:
         return f"Kernel({self.name!r})"
@@ -92,6 +95,12 @@ class Operation:
     @property
     def reference(self) -> str:
         return "torch.nn.functional." + self.family.reference.format(self.rank)
+
+    @cached_property
+    def kernel(self) -> ComputeFn[Any]:
+        """The family's compute function itself, imported on first use."""
+        compute = self.family.compute
+        return compute.resolve() if isinstance(compute, Kernel) else compute
 
     @property
     def method(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -137,15 +137,19 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
 
 async def _answer(operation: Operation, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder[R]) -> R:
     executor = runtime.executor
-    gone = lambda: disconnected(request.receive)  # noqa: E731
     if len(raw) > runtime.inline_max_bytes:
-        return await executor.run(_whole, operation, raw, request, runtime, decoder, gone=gone)
+        return await executor.run(_whole, operation, raw, request, runtime, decoder, gone=_watcher(request))
     job = prepare(operation, decoder(operation, raw, request, runtime), runtime)
     if not isinstance(job, Job):
         return job
     if job.elements <= runtime.inline_max_elements:
         return executor.inline(finish, job)
-    return await executor.run(finish, job, gone=gone)
+    return await executor.run(finish, job, gone=_watcher(request))
+
+
+def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
+    """What returns when the client has gone."""
+    return lambda: disconnected(request.receive)
 
 
 def _whole(operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R]) -> R:
@@ -269,7 +273,7 @@ def compute(job: Job[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         for name in operation.family.extra_tensors
     }
     try:
-        out, indices = with_fallbacks(operation.family.compute, tensor, params, job.plan, extra)
+        out, indices = with_fallbacks(operation.kernel, tensor, params, job.plan, extra)
     except (RuntimeError, ValueError) as exc:
         # The pre-checks should have caught this; never let it become a 500.
         log.warning("%s refused by torch after validation: %s", operation.name, exc)

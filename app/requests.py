@@ -76,6 +76,8 @@ class BodyBudget:
 
     def buffer(self, size: int) -> bytearray:
         """A buffer of `size` bytes to read a body into, its contents arbitrary."""
+        if size < _RECYCLED_FROM:
+            return bytearray(size)  # zeroing a small one costs less than the call below
         spare, self._spare = self._spare, None
         if spare is not None and len(spare) == size:
             return spare

@@ -110,12 +110,38 @@ class AccessLog:
         self._writer: threading.Thread | None = None
         self._starting = threading.Lock()
 
-    def emit(self, fields: dict[str, Any]) -> None:
-        if self.enabled:
-            entry = {"time": self._now(), "level": "info", "logger": "app.access", **fields}
-            self._lines.append(orjson.dumps(entry) + b"\n")  # list.append is atomic
-            if self._writer is None:
-                self._start()
+    def request(
+        self,
+        request_id: str,
+        method: str,
+        path: str,
+        op: str | None,
+        status: int,
+        seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+        client: tuple[str, int] | None,
+    ) -> None:
+        """One request's line."""
+        if not self.enabled:
+            return
+        entry = {
+            "time": self._now(),
+            "level": "info",
+            "logger": "app.access",
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "op": op,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 3),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        self._lines.append(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))  # list.append is atomic
+        if self._writer is None:
+            self._start()
 
     def _start(self) -> None:
         with self._starting:
