@@ -148,3 +148,14 @@ def test_the_gate_imports_no_torch():
     probe = "import sys, app.gate, app.paths, app.responses\nprint('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_importing_and_building_the_app_starts_no_thread():
+    probe = (
+        "import threading, app.main\n"
+        "before = threading.active_count()\n"
+        "application = app.main.create_app()\n"
+        "print(before, threading.active_count())"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["1", "1"]
