@@ -39,6 +39,7 @@ _WHITESPACE = b" \t\n\r\f\v"
 class Limits:
     max_elements: int
     max_ndim: int
+    max_work: int = 1 << 62
 
 
 @dataclass

@@ -86,11 +86,12 @@ class InvalidParameters(ProblemError):
         whole location (`("body", "input")`) where a door decodes."""
         return cls(msg, errors=[{"loc": list(loc), "msg": msg, "type": kind}])
 
-    def located(self, where: Callable[[str | int], Loc]) -> InvalidParameters:
+    def located(self, where: Callable[[str | int], Loc], root: str) -> InvalidParameters:
         """The same faults, each parameter's location spelled out by `where`
-        (`"kernel_size"` -> `("query", "kernel_size")`)."""
+        (`"kernel_size"` -> `("query", "kernel_size")`); a fault of the parameters
+        as a whole (no location) lies at `root`."""
         errors = [
-            {**error, "loc": [*where(error["loc"][0]), *error["loc"][1:]]} if error["loc"] else error
+            {**error, "loc": [*where(error["loc"][0]), *error["loc"][1:]] if error["loc"] else [root]}
             for error in self.errors or []
         ]
         return InvalidParameters(self.detail, errors=errors, headers=self.headers)

@@ -116,7 +116,7 @@ def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runti
     return Runtime(
         operations=operations,
         executor=executor,
-        limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim),
+        limits=Limits(max_elements=settings.max_elements, max_ndim=settings.max_ndim, max_work=settings.max_work),
         max_body_bytes=settings.max_body_bytes,
         plans=PlanCache(settings.plan_cache_size),
         # Bodies for every compute slot and queue place, and as many more being read.
@@ -124,7 +124,7 @@ def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runti
             2 * settings.max_body_bytes * (settings.max_concurrency + settings.max_queue), settings.retry_after_s
         ),
         inline_max_bytes=settings.inline_max_bytes,
-        inline_max_elements=settings.inline_max_elements,
+        inline_max_work=settings.inline_max_work,
         metrics=metrics,
         access_log=AccessLog(enabled=logging.getLogger("app.access").isEnabledFor(logging.INFO)),
     )

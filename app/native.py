@@ -67,5 +67,6 @@ def dry_run_answer(dry: DryRun) -> Answer:
         "indices": None,
         "device": dry.device,
         "padding": dry.padding,
+        "work": dry.work,
     }
     return Answer(orjson.dumps(body), JSON)

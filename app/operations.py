@@ -4,7 +4,7 @@ families × ranks build `OPERATIONS`.
 A family's record carries all the service knows of it: its names and meaning
 for the docs, its typed parameters (whose per-request behaviour, a seed drawn
 or the pooled dimensions dropped, `app.params` defines), the dtypes it takes,
-its plan (`app.planning`: output shape and padding from shapes alone) and its
+its plan (`app.planning`: output shape, padding and work from shapes alone) and its
 compute function (`app.kernels`, on torch tensors). The routes, their OpenAPI
 schemas and examples, `GET /pool`, the protocol's models, the Python client's
 methods and the tests are generated from the table; the tests keep each
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 P = TypeVar("P", bound=PoolParams)
 Result = tuple["torch.Tensor", "torch.Tensor | None"]
-PlanFn = Callable[[P, Shape, int], Plan]
+PlanFn = Callable[[P, Shape], Plan]
 ComputeFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], Result]
 
 

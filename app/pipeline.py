@@ -62,7 +62,7 @@ class Runtime:
     plans: PlanCache
     bodies: BodyBudget
     inline_max_bytes: int
-    inline_max_elements: int
+    inline_max_work: int
     metrics: Metrics
     access_log: AccessLog
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
@@ -113,6 +113,7 @@ class DryRun:
     shape: tuple[int, ...]
     dtype: str
     padding: list[list[int]] | None
+    work: int
     device: str
 
 
@@ -142,7 +143,7 @@ async def _answer(operation: Operation, request: Incoming, runtime: Runtime, raw
     job = prepare(operation, decoder(operation, raw, request, runtime), runtime)
     if not isinstance(job, Job):
         return job
-    if job.elements <= runtime.inline_max_elements:
+    if job.plan.work <= runtime.inline_max_work:
         return executor.inline(finish, job)
     return await executor.run(finish, job, gone=_watcher(request))
 
@@ -162,7 +163,7 @@ def prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job[
     try:
         return _prepare(operation, decoded, runtime)
     except InvalidParameters as problem:
-        raise problem.located(decoded.locate) from None
+        raise problem.located(decoded.locate, decoded.source) from None
 
 
 def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job[R] | R:
@@ -214,7 +215,7 @@ def finish(job: Job[R]) -> R:
     try:
         out, indices = compute(job)
     except InvalidParameters as problem:
-        raise problem.located(job.decoded.locate) from None
+        raise problem.located(job.decoded.locate, job.decoded.source) from None
     return job.decoded.encode(job, out, indices)
 
 
@@ -334,10 +335,19 @@ def _plan_key(
 
 
 def plan_output(operation: Operation, params: PoolParams, canonical: tuple[int, ...], limits: Limits) -> Plan:
-    plan = operation.family.plan(params, canonical, limits.max_elements)
+    """The plan, within the limits: its work under the cap (422, a parameter check),
+    then its output and scratch copies under the element limit (413)."""
+    plan = operation.family.plan(params, canonical)
+    if plan.work > limits.max_work:
+        message = (
+            f"{operation.name} with these parameters would visit {plan.work} cells; the limit is {limits.max_work}"
+        )
+        raise InvalidParameters(message, errors=[{"loc": [], "msg": message, "type": "too_much_work"}])
     size = math.prod(plan.out_shape)
     if size > limits.max_elements:
         raise TooLarge(f"the output would have {size} elements; the limit is {limits.max_elements}")
+    if plan.scratch > 2 * limits.max_elements:
+        raise TooLarge(f"the padded input would span {plan.scratch} elements; the limit is {2 * limits.max_elements}")
     return plan
 
 
@@ -353,4 +363,4 @@ def _dry_run(operation: Operation, params: PoolParams, decoded: Decoded[R], runt
     layout = check_input(operation, params, shape, params.dtype, {})
     plan = plan_output(operation, params, layout.canonical_shape(shape), runtime.limits)
     present = layout.present_shape(plan.out_shape)
-    return decoded.dry(DryRun(operation, present, params.dtype, plan.padding, runtime.executor.device_name))
+    return decoded.dry(DryRun(operation, present, params.dtype, plan.padding, plan.work, runtime.executor.device_name))

@@ -1,13 +1,19 @@
 """Plans: what each family will compute for an input shape, worked out from the
 shape and the parameters alone, before any data is touched.
 
-A family's `plan(params, shape, max_elements)` returns the output shape and
-whatever its computation needs (the sliding windows with their effective
-padding; the output sizes of adaptive, fractional and unpooling), or raises an
-`InvalidParameters` that says, in this service's words, why the parameters
-cannot pool this tensor, located at the parameter alone (the door that received
-it says where that parameter came from). An output or a padded copy past the
-element limit is refused (`TooLarge`) before any work proportional to it.
+A family's `plan(params, shape)` returns the output shape, the
+work the computation will do and whatever it needs (the sliding windows with
+their effective padding; the output sizes of adaptive, fractional and
+unpooling), or raises an `InvalidParameters` that says, in this service's
+words, why the parameters cannot pool this tensor, located at the parameter
+alone (the door that received it says where that parameter came from). The
+pipeline then refuses work over the cap (422) and an output or a scratch copy
+past the element limit (413), before anything is allocated.
+
+Work is counted in cells: every window cell visited, every cell of a padded
+copy, every element scattered, and `STEP` cells for each step of a loop in
+Python whose length the request sets (dilated sums walk the kernel), so that a
+request's cost is known, and capped, before anything is allocated.
 
 Sliding windows know every padding form the frameworks have: torch's symmetric
 ints, `"valid"`, `"same"` (the odd cell at the end, ONNX SAME_UPPER, Keras,
@@ -23,9 +29,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
-
-from app.errors import InvalidParameters, TooLarge
+from app.errors import InvalidParameters
 from app.params import AdaptiveAvgParams, FractionalParams, PoolParams, UnpoolParams, WindowParams
 
 Shape = tuple[int, ...]
@@ -70,9 +74,16 @@ class WindowPlan:
 @dataclass(frozen=True)
 class Plan:
     out_shape: Shape
+    work: int  # cells the computation visits (see the module's docstring)
     padding: list[list[int]] | None = None  # effective [begin, end] per spatial dimension
     windows: WindowPlan | None = None
     sizes: tuple[int, ...] = ()  # output spatial sizes of adaptive, fractional and unpooling
+    scratch: int = 0  # elements of the largest intermediate copy (a padded input)
+
+
+# What one step of a Python loop over tensors costs, in cells: a torch call's own
+# overhead, whatever its size.
+STEP = 1 << 14
 
 
 def _with_sizes(shape: Shape, sizes: list[int] | tuple[int, ...]) -> Shape:
@@ -128,23 +139,48 @@ def resolve_pads(
     return tuple((p, p) for p in ints), True
 
 
+def floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """The sum of floor((a * i + b) / m) for 0 <= i < n, in O(log m) steps (the
+    Euclid-like reduction of AtCoder's library), for any integers a, b and m > 0."""
+    total = 0
+    a, total = a % m, total + (n * (n - 1) // 2) * (a // m)
+    b, total = b % m, total + n * (b // m)
+    while True:
+        if a >= m:
+            total += (n * (n - 1) // 2) * (a // m)
+            a %= m
+        if b >= m:
+            total += n * (b // m)
+            b %= m
+        top = a * n + b
+        if top < m:
+            return total
+        n, b, m, a = top // m, top % m, a, m
+
+
 def _every_window_touches_input(size: int, kernel: int, stride: int, begin: int, dilation: int, count: int) -> bool:
-    """Whether every window has a cell inside the input. A window starting inside the
-    input has one (its first cell), so only those starting in the begin padding and
-    the last one need a look."""
+    """Whether every window has a cell inside the input, by arithmetic whatever the
+    counts. A window starting inside the input has one (its first cell), so only
+    the last window and those starting in the begin padding need a look. Window i
+    starts at s = i * stride - begin; one starting in the padding reaches the input
+    when s + (kernel - 1) * dilation >= 0 (true for all once true for the first),
+    and its first cell there is s mod dilation, which lies inside the input unless
+    it is >= size: those windows are counted with floor sums."""
     if (count - 1) * stride - begin > size - 1:
         return False
     in_padding = min(count, -(-begin // stride))
     if in_padding == 0:
         return True
-    starts = np.arange(in_padding, dtype=np.int64) * stride - begin
-    # For each window, its first and last cell j (0 <= j < kernel) inside [0, size).
-    first = np.maximum(-(starts // dilation), 0)  # ceil(-start / dilation)
-    last = np.minimum((size - 1 - starts) // dilation, kernel - 1)
-    return bool((last >= first).all())
+    if -begin + (kernel - 1) * dilation < 0:
+        return False
+    if dilation <= size:
+        return True
+    # floor(s / d) - floor((s - size) / d) is 1 exactly when s mod d < size.
+    inside = floor_sum(in_padding, dilation, stride, -begin) - floor_sum(in_padding, dilation, stride, -begin - size)
+    return inside == in_padding
 
 
-def plan_windows(params: WindowParams, shape: Shape, max_elements: int) -> WindowPlan:
+def plan_windows(params: WindowParams, shape: Shape) -> WindowPlan:
     """The windows for an input of canonical `shape` (N, C, *spatial)."""
     rank = len(params.kernel_size)
     spatial = shape[-rank:]
@@ -163,17 +199,6 @@ def plan_windows(params: WindowParams, shape: Shape, max_elements: int) -> Windo
                 f"(+{sum(pads[dim])} padding) but the window spans {reach}",
             )
         out.append(count)
-    lead = math.prod(shape[:-rank])
-    if lead * math.prod(out) > max_elements:
-        raise TooLarge(f"the output would have {lead * math.prod(out)} elements; the limit is {max_elements}")
-    extents = [
-        max(size + b + e, (n - 1) * s + d * (k - 1) + 1)
-        for size, (b, e), n, s, d, k in zip(spatial, pads, out, stride, dilation, kernel, strict=True)
-    ]
-    if lead * math.prod(extents) > 2 * max_elements:
-        raise TooLarge(
-            f"the padded input would span {lead * math.prod(extents)} elements; the limit is {2 * max_elements}"
-        )
     for dim, size in enumerate(spatial):
         if not _every_window_touches_input(size, kernel[dim], stride[dim], pads[dim][0], dilation[dim], out[dim]):
             raise InvalidParameters.at(("padding",), f"a window in spatial dimension {dim} lies wholly in the padding")
@@ -182,15 +207,26 @@ def plan_windows(params: WindowParams, shape: Shape, max_elements: int) -> Windo
     )
 
 
-def sliding_plan(params: WindowParams, shape: Shape, max_elements: int) -> Plan:
-    plan = plan_windows(params, shape, max_elements)
-    return Plan(_with_sizes(shape, plan.out), [list(pad) for pad in plan.pads], plan)
+def sliding_plan(params: WindowParams, shape: Shape) -> Plan:
+    """Max, average and Lp pooling. The work: every cell of every window, a padded copy
+    of the input as far as the windows reach (the scratch), and a Python step per
+    kernel cell where dilated sums walk the kernel."""
+    w = plan_windows(params, shape)
+    lead = math.prod(shape[: -len(w.out)])
+    extents = [
+        max(size + b + e, (n - 1) * s + d * (k - 1) + 1)
+        for size, (b, e), n, s, d, k in zip(w.spatial, w.pads, w.out, w.stride, w.dilation, w.kernel, strict=True)
+    ]
+    scratch = lead * math.prod(extents)
+    steps = 0 if w.undilated else sum(w.kernel)
+    work = lead * math.prod(w.out) * math.prod(w.kernel) + scratch + steps * STEP
+    return Plan(_with_sizes(shape, w.out), work, [list(p) for p in w.pads], w, scratch=scratch)
 
 
-def averaging_plan(params: WindowParams, shape: Shape, max_elements: int) -> Plan:
+def averaging_plan(params: WindowParams, shape: Shape) -> Plan:
     """Average and Lp pooling: as max, but where torch's own 3-D average pooling
     refuses an input smaller than the window, so does the torch form of padding."""
-    plan = sliding_plan(params, shape, max_elements)
+    plan = sliding_plan(params, shape)
     w = plan.windows
     assert w is not None
     if len(w.kernel) == 3 and w.torch_form and not w.input_holds_window:
@@ -205,18 +241,23 @@ def averaging_plan(params: WindowParams, shape: Shape, max_elements: int) -> Pla
 # ---------------------------------------------------------------- adaptive, global, fractional, unpooling
 
 
-def adaptive_plan(params: AdaptiveAvgParams, shape: Shape, max_elements: int) -> Plan:
+def adaptive_plan(params: AdaptiveAvgParams, shape: Shape) -> Plan:
+    """The work: every cell of every window; window i of n over L cells spans
+    [floor(i * L / n), ceil((i + 1) * L / n)), at most ceil(L / n) + 1 cells."""
     rank = len(params.output_size)
-    sizes = tuple(s if s is not None else inp for s, inp in zip(params.output_size, shape[-rank:], strict=True))
-    return Plan(_with_sizes(shape, sizes), sizes=sizes)
+    spatial = shape[-rank:]
+    sizes = tuple(s if s is not None else inp for s, inp in zip(params.output_size, spatial, strict=True))
+    window = math.prod(-(-size // out) + 1 for size, out in zip(spatial, sizes, strict=True))
+    lead = math.prod(shape[:-rank])
+    return Plan(_with_sizes(shape, sizes), lead * (math.prod(sizes) * window + math.prod(spatial)), sizes=sizes)
 
 
-def global_plan(params: PoolParams, shape: Shape, max_elements: int) -> Plan:
+def global_plan(params: PoolParams, shape: Shape) -> Plan:
     sizes = (1,) * (len(shape) - 2)
-    return Plan(_with_sizes(shape, sizes), sizes=sizes)
+    return Plan(_with_sizes(shape, sizes), math.prod(shape), sizes=sizes)
 
 
-def fractional_plan(params: FractionalParams, shape: Shape, max_elements: int) -> Plan:
+def fractional_plan(params: FractionalParams, shape: Shape) -> Plan:
     rank = len(params.kernel_size)
     spatial = shape[-rank:]
     if params.output_size is not None and params.output_ratio is None:
@@ -240,10 +281,12 @@ def fractional_plan(params: FractionalParams, shape: Shape, max_elements: int) -
                 f"spatial dimension {dim}: output size {out} plus kernel size {kernel} minus 1 "
                 f"{bound} the input size {size}",
             )
-    return Plan(_with_sizes(shape, sizes), sizes=tuple(sizes))
+    lead = math.prod(shape[:-rank])
+    work = lead * (math.prod(sizes) * math.prod(params.kernel_size) + math.prod(spatial))
+    return Plan(_with_sizes(shape, sizes), work, sizes=tuple(sizes))
 
 
-def unpool_plan(params: UnpoolParams, shape: Shape, max_elements: int) -> Plan:
+def unpool_plan(params: UnpoolParams, shape: Shape) -> Plan:
     rank = len(params.kernel_size)
     stride = params.stride or params.kernel_size
     spatial = shape[-rank:]
@@ -271,4 +314,6 @@ def unpool_plan(params: UnpoolParams, shape: Shape, max_elements: int) -> Plan:
                 )
     if min(sizes) < 1:
         raise InvalidParameters.at(("padding",), f"the unpooled output would be empty (size {sizes})")
-    return Plan(_with_sizes(shape, sizes), sizes=tuple(sizes))
+    lead = math.prod(shape[:-rank])
+    # Zeros for the output, then each input element checked and scattered.
+    return Plan(_with_sizes(shape, sizes), lead * (math.prod(sizes) + 2 * math.prod(spatial)), sizes=tuple(sizes))

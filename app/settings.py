@@ -72,11 +72,18 @@ class Settings(BaseSettings):
         description="Requests with bodies up to this size are decoded on the event loop; larger ones, "
         "decoding included, in the compute pool.",
     )
-    inline_max_elements: int = Field(
-        32_768,
+    inline_max_work: int = Field(
+        65_536,
         ge=0,
-        description="Computations over at most this many input and output elements run on the event loop: "
-        "a thread hop would cost more than they do.",
+        description="Computations whose plan visits at most this many cells run on the event loop: a thread hop "
+        "would cost more than they do. Anything more goes to the compute pool.",
+    )
+    max_work: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Most cells one request's computation may visit (window cells, padded copies, scattered "
+        "elements); past it, a 422 before anything is computed. The default keeps the costliest admitted request "
+        "to about two seconds on two cores (benchmarks/work_cap.py).",
     )
     plan_cache_size: int = Field(
         1024, ge=0, description="Validated parameter sets and their plans kept for requests of the same shape."

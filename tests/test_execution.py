@@ -20,8 +20,8 @@ REQUESTS = [
 
 @pytest.mark.parametrize(("op", "params"), REQUESTS)
 def test_inline_and_pooled_work_answer_alike(make_client, op, params):
-    inline = make_client(inline_max_bytes=10**9, inline_max_elements=10**9)
-    pooled = make_client(inline_max_bytes=0, inline_max_elements=0)
+    inline = make_client(inline_max_bytes=10**9, inline_max_work=10**9)
+    pooled = make_client(inline_max_bytes=0, inline_max_work=0)
     for form in ({"input": X.tolist()}, {"input": {"npy_base64": base64.b64encode(npy_bytes(X)).decode()}}):
         answers = [c.post(f"/pool/{op}", json={**form, **params}).json() for c in (inline, pooled)]
         assert answers[0] == answers[1]

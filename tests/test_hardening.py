@@ -141,7 +141,7 @@ def test_over_capacity_and_too_slow_requests_get_503_with_retry_after(make_clien
         return real_finish(job)
 
     monkeypatch.setattr(pipeline, "finish", slow_finish)
-    client = make_client(max_concurrency=1, max_queue=0, inline_max_elements=0, request_timeout_s=0.3)
+    client = make_client(max_concurrency=1, max_queue=0, inline_max_work=0, request_timeout_s=0.3)
     response = client.post("/pool/max2d", json=OK_BODY)
     assert_problem(response, 503, detail_has="longer than")
     assert response.headers["retry-after"] == "1"
