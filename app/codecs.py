@@ -25,7 +25,7 @@ import orjson
 import pybase64
 
 from app.dtypes import BY_CARRIER, DTYPES, INT_DTYPES, TABLE
-from app.errors import InvalidParameters, TooLarge, UndecodableBody
+from app.errors import InvalidParameters, TooLarge, UndecodableBody, shown
 
 ENCODINGS = ("json", "flat", "npy_base64")
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -33,6 +33,9 @@ NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 NPY_MAGIC = b"\x93NUMPY"
 _MAX_NPY_HEADER = 10_000  # numpy's own ceiling on header size
 _WHITESPACE = b" \t\n\r\f\v"
+_MOST_NPZ_ENTRIES = 16  # a directory parsed in full: enough to name a stray member, no more
+# Zip flags a plain stored member may carry: a data descriptor (bit 3) and UTF-8 names (bit 11).
+_PLAIN_ZIP_FLAGS = 0x0008 | 0x0800
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ def check_size(shape: Sequence[int], limits: Limits, loc: Sequence[str | int]) -
     count = math.prod(shape)
     if count > limits.max_elements:
         raise TooLarge(f"{where(loc)} has {count} elements; the limit is {limits.max_elements}")
+    # An empty tensor holds nothing, but no dimension of it may be larger than a full one.
+    if shape and max(shape) > limits.max_elements:
+        raise TooLarge(f"{where(loc)} has a dimension of {max(shape)}; the limit is {limits.max_elements}")
 
 
 # ---------------------------------------------------------------- JSON in
@@ -82,7 +88,7 @@ def decode_json_tensor(
     """
     if isinstance(value, list):
         array = _nested_array(value, loc, limits, maybe_bools)
-        return Tensor(_cast(array, dtype, loc), dtype, "json")
+        return Tensor(_cast(array, dtype, loc, value), dtype, "json")
     if not isinstance(value, dict):
         raise InvalidParameters.at(
             loc, "a tensor is a nested array, {data, shape, dtype} or {npy_base64}", "tensor_type"
@@ -123,7 +129,9 @@ def _flat(
     own = value.get("dtype")
     if own is not None:
         if own not in DTYPES:
-            raise InvalidParameters.at((*loc, "dtype"), f"unknown dtype {own!r}; one of {', '.join(DTYPES)}", "dtype")
+            raise InvalidParameters.at(
+                (*loc, "dtype"), f"unknown dtype {shown(own)}; one of {', '.join(DTYPES)}", "dtype"
+            )
         if integer_only and own not in INT_DTYPES:
             raise InvalidParameters.at((*loc, "dtype"), f"indices must be integers, not {own}", "dtype")
         if dtype_given and own != dtype and not integer_only:
@@ -137,7 +145,7 @@ def _flat(
         raise UndecodableBody(f"{where(loc)}.data must be a flat (one-dimensional) array")
     if array.size != math.prod(shape):
         raise UndecodableBody(f"{where(loc)}.data has {array.size} elements but shape {shape} needs {math.prod(shape)}")
-    return Tensor(_cast(array.reshape(shape), dtype, loc), dtype, "flat")
+    return Tensor(_cast(array, dtype, loc, data).reshape(shape), dtype, "flat")
 
 
 def _nested_array(value: list[Any], loc: tuple[str | int, ...], limits: Limits, maybe_bools: bool) -> np.ndarray:
@@ -183,13 +191,20 @@ def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int)
     )
 
 
-def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...]) -> np.ndarray:
+_EXACT_IN_FLOAT = 2**53  # every integer below this, and no more, is a float64 exactly
+
+
+def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...], source: list[Any]) -> np.ndarray:
+    """The decoded `array` in `dtype`; integers exactly as the JSON `source` wrote them."""
     target = TABLE[dtype].carrier
     if target.kind in "iu":
         if array.dtype.kind == "f":
             # 3.0 is an integer too (JSON does not tell them apart); 3.5 and NaN are not.
             if array.size and not np.array_equal(array, np.trunc(array)):
                 raise InvalidParameters.at(loc, f"{dtype} holds integers; the values are not all integers", "dtype")
+            if array.size and float(np.abs(array).max()) >= _EXACT_IN_FLOAT:
+                # numpy read the numbers through float64, which rounds integers this large.
+                array = _exact_integers(source, array.shape, dtype, loc)
         elif array.dtype.kind not in "iu":
             raise InvalidParameters.at(loc, f"a value does not fit {dtype}", "dtype")
         info = np.iinfo(target)
@@ -203,10 +218,29 @@ def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...]) -> np.ndarr
         raise InvalidParameters.at(loc, f"a value is outside the range of {dtype}", "dtype") from None
 
 
+def _exact_integers(source: list[Any], shape: tuple[int, ...], dtype: str, loc: tuple[str | int, ...]) -> np.ndarray:
+    """Integers mixed with floats, read one by one: JSON integers exactly, integral
+    floats only below 2**53 (beyond, a float no longer says which integer it was)."""
+    values = np.array(source, dtype=object).reshape(-1)
+    exact = []
+    for value in values:
+        if type(value) is float:
+            if abs(value) >= _EXACT_IN_FLOAT:
+                raise InvalidParameters.at(
+                    loc, f"{dtype} values of 2**53 or more must be written as JSON integers, not as floats", "dtype"
+                )
+            value = int(value)
+        exact.append(value)
+    info = np.iinfo(TABLE[dtype].carrier)
+    if min(exact) < info.min or max(exact) > info.max:
+        raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
+    return np.array(exact, dtype=TABLE[dtype].carrier).reshape(shape)
+
+
 def _only_keys(value: dict[str, Any], allowed: set[str], loc: tuple[str | int, ...]) -> None:
     extra = sorted(set(value) - allowed)
     if extra:
-        raise InvalidParameters.at((*loc, extra[0]), f"unknown tensor field {extra[0]!r}", "extra_forbidden")
+        raise InvalidParameters.at((*loc, extra[0]), f"unknown tensor field {shown(extra[0])}", "extra_forbidden")
 
 
 def _dtype_conflict(loc: tuple[str | int, ...], own: str, requested: str) -> InvalidParameters:
@@ -250,6 +284,8 @@ def decode_npy(buf: bytearray | memoryview, limits: Limits, loc: Sequence[str | 
         raise UndecodableBody(f"{where(loc)}: the .npy header is truncated or too long")
     dtype, fortran, shape = _npy_header(bytes(view[start : start + header_len]), loc)
     check_size(shape, limits, loc)
+    if dtype.itemsize == 0:
+        raise InvalidParameters.at(tuple(loc), f"dtype {shown(dtype.str)} has no bytes per element", "dtype")
     count = math.prod(shape)
     offset = start + header_len
     if len(view) - offset != count * dtype.itemsize:
@@ -294,36 +330,52 @@ def dtype_of(array: np.ndarray, loc: Sequence[str | int], integer_only: bool = F
         elif kind == "c":
             why = "complex tensors are not supported"
         else:
-            why = f"dtype {array.dtype.str} is not supported; one of {', '.join(n for n in DTYPES if n != 'bfloat16')}"
+            supported = ", ".join(n for n in DTYPES if n != "bfloat16")
+            why = f"dtype {shown(array.dtype.str)} is not supported; one of {supported}"
         raise InvalidParameters.at(tuple(loc), why, "dtype")
     if integer_only and array.dtype.kind not in "iu":
         raise InvalidParameters.at(tuple(loc), f"indices must be integers, not {name}", "dtype")
     return name
 
 
+def _zip_entries(buf: bytearray) -> int | None:
+    """The entry count a zip's end record declares (None without one): read before
+    zipfile parses a directory whose size the client chose."""
+    end = buf.rfind(b"PK\x05\x06", max(0, len(buf) - 65_557))
+    if end < 0 or end + 22 > len(buf):
+        return None
+    return int.from_bytes(buf[end + 10 : end + 12], "little")
+
+
 def decode_npz(buf: bytearray, members: set[str], limits: Limits) -> dict[str, np.ndarray]:
     """An uncompressed .npz whose members are exactly some of `members`."""
+    entries = _zip_entries(buf)
+    if entries is not None and entries > _MOST_NPZ_ENTRIES:
+        raise UndecodableBody(f"the .npz lists {entries} members; it holds at most {sorted(members)}")
     try:
         archive = zipfile.ZipFile(io.BytesIO(buf))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
         raise UndecodableBody("the body is not a readable .npz archive") from None
     arrays: dict[str, np.ndarray] = {}
     for info in infos:
         name = info.filename.removesuffix(".npy")
+        shown_name = shown(info.filename)
         if name not in members or name in arrays:
-            raise UndecodableBody(f".npz member {info.filename!r} is unknown or repeated; expected {sorted(members)}")
+            raise UndecodableBody(f".npz member {shown_name} is unknown or repeated; expected {sorted(members)}")
         if info.compress_type != zipfile.ZIP_STORED:
-            raise UndecodableBody(f".npz member {info.filename!r} is compressed; store members uncompressed (np.savez)")
+            raise UndecodableBody(f".npz member {shown_name} is compressed; store members uncompressed (np.savez)")
+        if info.flag_bits & ~_PLAIN_ZIP_FLAGS:
+            raise UndecodableBody(f".npz member {shown_name} is encrypted or uses zip features .npz never does")
         if info.file_size > len(buf):
-            raise UndecodableBody(f".npz member {info.filename!r} claims more bytes than the body holds")
+            raise UndecodableBody(f".npz member {shown_name} claims more bytes than the body holds")
         member = bytearray(info.file_size)
         try:
             with archive.open(info) as stream:
                 if stream.readinto(member) != info.file_size:  # type: ignore[attr-defined]
                     raise zipfile.BadZipFile
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            raise UndecodableBody(f".npz member {info.filename!r} cannot be read") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
+            raise UndecodableBody(f".npz member {shown_name} cannot be read") from None
         arrays[name] = decode_npy(member, limits, ("body", name))
     return arrays
 

@@ -13,10 +13,12 @@ documents them.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ClientGone, NotFound, ProblemError
+from app.errors import ClientGone, NotFound, ProblemError, shown
 from app.inference import decode_oip
 from app.native import decode_native
 from app.paths import compute_target
@@ -28,9 +30,10 @@ DECODERS: dict[str, Decoder[Answer]] = {"native": decode_native, "protocol": dec
 
 
 class PoolEndpoint:
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime, retry_after_s: int = 1) -> None:
         self.app = app
         self.runtime = runtime
+        self.retry_after = {"Retry-After": str(retry_after_s)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = compute_target(scope["path"]) if scope["type"] == "http" else None
@@ -49,12 +52,19 @@ class PoolEndpoint:
         try:
             operation = self.runtime.operations.get(op)
             if operation is None:
-                raise NotFound(f"unknown operation {op!r}; GET /pool lists the operations")
+                raise NotFound(f"unknown operation {shown(op)}; GET /pool lists the operations")
             response = await run_operation(operation, incoming(scope, receive), self.runtime, DECODERS[door])
         except ProblemError as problem:
             response = problem_of(problem, v2=protocol)
         except ClientGone:
             return  # nobody is left to answer
+        except asyncio.CancelledError:
+            # The server is stopping and its grace period is over: say so before going.
+            closing = problem_response(
+                503, "the service is shutting down; retry elsewhere", headers=self.retry_after, v2=protocol
+            )
+            await closing(scope, receive, send)
+            raise
         except Exception as exc:
             response = internal_error(scope, exc, v2=protocol)
         await response(scope, receive, send)

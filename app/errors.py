@@ -3,14 +3,14 @@ them, and `app.responses` renders them as problem+json (RFC 9457) in one place.
 
     ProblemError                 status, detail, errors, headers
      +-- UndecodableBody         400  a body or tensor that cannot be decoded
-     +-- Unauthorized            401  an API key is configured and missing or wrong
      +-- NotFound                404
      +-- NotAcceptable           406  `Accept` names nothing the service produces
      +-- TooLarge                413  body, tensor or result over a limit
      +-- UnsupportedMediaType    415
      +-- InvalidParameters       422  parameters invalid, or invalid for this tensor
      +-- Overloaded              503  refused before any work: every slot and queue place
-                                      taken, bodies over budget, or the time limit passed
+                                      taken, bodies over budget, shutting down
+     +-- TimedOut                504  the computation ran past the request's time limit
     ClientGone                        the client disconnected; nobody is left to answer
 
 Where an error lies: an `InvalidParameters` raised while validating or planning
@@ -28,6 +28,12 @@ from typing import Any
 from pydantic import ValidationError
 
 Loc = tuple[str | int, ...]
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A client's value as an error message quotes it: its repr, cut to a short prefix."""
+    text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit]) + "…"
+    return text if len(text) <= limit + 8 else text[:limit] + "…"
 
 
 class ClientGone(Exception):
@@ -53,10 +59,6 @@ class UndecodableBody(ProblemError):
     status = 400
 
 
-class Unauthorized(ProblemError):
-    status = 401
-
-
 class NotFound(ProblemError):
     status = 404
 
@@ -77,6 +79,10 @@ class Overloaded(ProblemError):
     status = 503
 
 
+class TimedOut(ProblemError):
+    status = 504
+
+
 class InvalidParameters(ProblemError):
     status = 422
 
@@ -84,7 +90,7 @@ class InvalidParameters(ProblemError):
     def at(cls, loc: Loc, msg: str, kind: str = "value_error") -> InvalidParameters:
         """One fault at one place: `at(("kernel_size",), "...")` while planning, or a
         whole location (`("body", "input")`) where a door decodes."""
-        return cls(msg, errors=[{"loc": list(loc), "msg": msg, "type": kind}])
+        return cls(msg, errors=[{"loc": [_short(part) for part in loc], "msg": msg, "type": kind}])
 
     def located(self, where: Callable[[str | int], Loc], root: str) -> InvalidParameters:
         """The same faults, each parameter's location spelled out by `where`
@@ -101,7 +107,7 @@ def validation_problem(exc: ValidationError, known: Collection[str] = ()) -> Inv
     """A pydantic error as a 422 whose `errors` name each bad field (by its name
     alone, for the door to locate), unknown fields first."""
     errors = [
-        {"loc": list(err["loc"]), "msg": _message(err, known), "type": err["type"]}
+        {"loc": [_short(part) for part in err["loc"]], "msg": _message(err, known), "type": err["type"]}
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
@@ -112,9 +118,14 @@ def validation_problem(exc: ValidationError, known: Collection[str] = ()) -> Inv
     return InvalidParameters(detail, errors=errors)
 
 
+def _short(part: str | int) -> str | int:
+    """A location part as a client may have spelled it (an unknown field's name), kept short."""
+    return part if isinstance(part, int) or len(part) <= 64 else part[:64] + "…"
+
+
 def _message(err: Any, known: Collection[str]) -> str:
     if err["type"] == "extra_forbidden":
-        guess = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        guess = difflib.get_close_matches(str(err["loc"][-1])[:64], known, n=1)
         hint = f"; did you mean {guess[0]}?" if guess else f"; it takes {', '.join(sorted(known))}" if known else ""
         return "unknown parameter for this operation" + hint
     return str(err["msg"])

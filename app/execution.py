@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from app.dtypes import TABLE
-from app.errors import ClientGone, Overloaded
+from app.errors import ClientGone, Overloaded, TimedOut
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class Executor:
         work.cancel()  # at once, not on a later loop turn: if it has not started, it never will
         if watcher is not None and watcher in done:
             raise ClientGone
-        raise Overloaded(f"the computation took longer than {self._timeout} s", headers=self._retry_after)
+        raise TimedOut(f"the computation took longer than {self._timeout} s")
 
     def _release(self, _: asyncio.Future[Any]) -> None:
         self.taken -= 1

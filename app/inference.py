@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from app import __version__, codecs
 from app.dtypes import BY_PROTOCOL, TABLE
-from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody
+from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody, shown
 from app.negotiation import JSON
 from app.operations import Operation
 from app.pipeline import Decoded, Job, Runtime
@@ -36,7 +36,7 @@ NOT_PARAMETERS = {"input", "indices", "dry_run", "input_shape", "output_encoding
 
 def protocol_error(where: Loc, msg: str) -> UndecodableBody:
     """The protocol answers a malformed request with a 400 that names the place."""
-    return UndecodableBody(f"{'.'.join(str(part) for part in where)}: {msg}")
+    return UndecodableBody(f"{'.'.join(str(part)[:64] for part in where)}: {msg}")
 
 
 def _header(raw: bytearray, request: Incoming) -> tuple[dict[str, Any], memoryview]:
@@ -44,7 +44,7 @@ def _header(raw: bytearray, request: Incoming) -> tuple[dict[str, Any], memoryvi
     declared = request.headers.get("inference-header-content-length")
     if declared is None:
         length = len(raw)
-    elif not declared.isdigit() or int(declared) > len(raw):
+    elif not (declared.isascii() and declared.isdigit() and len(declared) <= 20) or int(declared) > len(raw):
         raise UndecodableBody("Inference-Header-Content-Length is not a length within the body")
     else:
         length = int(declared)
@@ -71,23 +71,27 @@ def _tensor(
     name = entry["name"]
     names = ("input", *operation.family.extra_tensors)
     if name not in names:
-        raise protocol_error((*where, "name"), f"{operation.name} takes the inputs {', '.join(names)}, not {name!r}")
+        raise protocol_error(
+            (*where, "name"), f"{operation.name} takes the inputs {', '.join(names)}, not {shown(name)}"
+        )
     shape, datatype = entry.get("shape"), entry.get("datatype")
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise protocol_error((*where, "shape"), "shape is a list of non-negative integers")
     if datatype not in BY_PROTOCOL:
         raise InvalidParameters.at(
-            ("inputs", index, "datatype"), f"datatype {datatype!r} is not one of {', '.join(BY_PROTOCOL)}", "dtype"
+            ("inputs", index, "datatype"), f"datatype {shown(datatype)} is not one of {', '.join(BY_PROTOCOL)}", "dtype"
         )
     dtype = BY_PROTOCOL[datatype].name
-    codecs.check_size(shape, runtime.limits, ("inputs", name))
-    size = (entry.get("parameters") or {}).get("binary_data_size")
+    if name != "input" and BY_PROTOCOL[datatype].kind != "int":
+        raise InvalidParameters.at((*where, "datatype"), f"{name} holds integer positions, not {datatype}", "dtype")
+    codecs.check_size(shape, runtime.limits, where)
+    size = _parameters(entry, where).get("binary_data_size")
     if size is not None:
         array = _binary(binary, offset, size, shape, dtype, where)
         offset += size
     elif "data" in entry:
         decoded = codecs.decode_json_tensor(
-            entry["data"], loc=("inputs", name), dtype=dtype, dtype_given=True, limits=runtime.limits, maybe_bools=True
+            entry["data"], loc=(*where, "data"), dtype=dtype, dtype_given=True, limits=runtime.limits, maybe_bools=True
         )
         if decoded.array.size != math.prod(shape):
             raise protocol_error(
@@ -97,6 +101,16 @@ def _tensor(
     else:
         raise protocol_error(where, "an input needs data, or binary_data_size with the binary extension")
     return name, codecs.Tensor(array, dtype, "json"), offset
+
+
+def _parameters(entry: dict[str, Any], where: Loc) -> dict[str, Any]:
+    """An input's or output's own `parameters`: an object, when there."""
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise protocol_error((*where, "parameters"), "parameters is an object")
+    return parameters
 
 
 def _binary(
@@ -129,7 +143,8 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
     for key in parameters:
         if key not in known and key not in PROTOCOL_PARAMETERS:
             raise protocol_error(
-                ("parameters", key), f"{operation.name} takes no parameter {key!r}; it takes {', '.join(sorted(known))}"
+                ("parameters", key),
+                f"{operation.name} takes no parameter {shown(key)}; it takes {', '.join(sorted(known))}",
             )
     fields = {key: value for key, value in parameters.items() if key not in PROTOCOL_PARAMETERS}
     inputs = document.get("inputs")
@@ -144,8 +159,13 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
             raise protocol_error(("inputs", index, "name"), f"{name} is given twice")
         tensors[name] = tensor if name == "input" else codecs.Tensor(tensor.array.astype(np.int64), "int64", "json")
         origins[name] = ("inputs", index)
-    if "input" in tensors and "dtype" not in fields:
+    if "input" in tensors:
+        if fields.get("dtype", tensors["input"].dtype) != tensors["input"].dtype:
+            message = f"the input is {tensors['input'].dtype} but dtype says {fields['dtype']}"
+            raise InvalidParameters.at(("parameters", "dtype"), message, "dtype_conflict")
         fields["dtype"] = tensors["input"].dtype
+    for name in ("input", *operation.family.extra_tensors):
+        origins.setdefault(name, ("inputs",))  # where a missing one belongs
     for name in tensors:
         fields[name] = None  # decoded here; the parameter model checks the rest
     wanted = _requested_outputs(document.get("outputs"), operation, bool(parameters.get("binary_data_output")))
@@ -166,7 +186,7 @@ def _requested_outputs(outputs: Any, operation: Operation, binary_default: bool)
         name = entry.get("name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or name not in names:
             raise protocol_error(("outputs", index, "name"), f"{operation.name} has the outputs {', '.join(names)}")
-        wanted[name] = bool((entry.get("parameters") or {}).get("binary_data", binary_default))
+        wanted[name] = bool(_parameters(entry, ("outputs", index)).get("binary_data", binary_default))
     return wanted
 
 
@@ -190,7 +210,7 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
         body: dict[str, Any] = {"model_name": job.operation.name, "model_version": "1", "outputs": entries}
         if request_id is not None:
             body["id"] = request_id
-        seed = job.params.__dict__.get("random_seed")
+        seed = job.params.seed()
         if seed is not None:
             body["parameters"] = {"random_seed": seed}
         header = orjson.dumps(body)
@@ -231,7 +251,7 @@ def inference_router(runtime: Runtime) -> APIRouter:
     def operation_of(op: str) -> Operation:
         operation = operations.get(op)
         if operation is None:
-            raise NotFound(f"no model {op!r}; GET /pool lists the operations, each a model")
+            raise NotFound(f"no model {shown(op)}; GET /pool lists the operations, each a model")
         return operation
 
     @router.get("", summary="Server metadata", operation_id="v2-server")

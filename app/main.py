@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
     layers = [
         *cors(settings),
         Middleware(Gate, settings.api_keys, runtime.metrics, runtime.access_log, runtime.operations),
-        Middleware(PoolEndpoint, runtime),
+        Middleware(PoolEndpoint, runtime, settings.retry_after_s),
     ]
 
     @asynccontextmanager

@@ -20,7 +20,7 @@ from starlette.types import Receive
 
 from app import codecs
 from app.codecs import Limits, Tensor
-from app.errors import ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody
+from app.errors import ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody, shown
 from app.operations import Operation
 
 
@@ -191,7 +191,7 @@ def query_fields(query: QueryParams) -> dict[str, Any]:
     for key in query.keys():
         values = query.getlist(key)
         if len(values) > 1:
-            raise InvalidParameters.at(("query", key), f"{key} is given {len(values)} times", "repeated")
+            raise InvalidParameters.at(("query", key), f"{shown(key)} is given {len(values)} times", "repeated")
         fields[key] = query_value(values[0])
     return fields
 
@@ -202,7 +202,7 @@ def _request_dtype(fields: dict[str, Any]) -> tuple[str, bool]:
     dtype = fields["dtype"]
     if dtype not in codecs.DTYPES:
         raise InvalidParameters.at(
-            ("body", "dtype"), f"unknown dtype {dtype!r}; one of {', '.join(codecs.DTYPES)}", "literal_error"
+            ("body", "dtype"), f"unknown dtype {shown(dtype)}; one of {', '.join(codecs.DTYPES)}", "literal_error"
         )
     return dtype, True
 

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         8, ge=0, description="Computations that may wait for a slot; past that, 503 with Retry-After at once."
     )
     request_timeout_s: float | None = Field(
-        None, gt=0, description="Seconds a computation may take before its request gets a 503; none by default."
+        None, gt=0, description="Seconds a computation may take before its request gets a 504; none by default."
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After, in seconds, on a 503.")
     cors_origins: Annotated[list[str], NoDecode] = Field(

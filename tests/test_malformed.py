@@ -1,0 +1,227 @@
+"""Inputs crafted to break the decoders: each is a 4xx problem+json (never a 500),
+answered quickly, with a short error body; integers are exact or refused; a
+request cut off by shutdown gets a problem+json 503."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import threading
+import zipfile
+
+import numpy as np
+import orjson
+import pytest
+
+from app import pipeline
+from tests.conftest import assert_problem, npy_bytes
+
+NPY = {"content-type": "application/x-npy"}
+NPZ = {"content-type": "application/x-npz"}
+
+
+def npy_with_header(descr: str, shape: str, data: bytes = b"") -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (npy_with_header("<f4", "(0, 10**30)".replace("10**30", str(10**30))), 413),
+        (npy_with_header("<f4", f"(1, 1, 0, {2**40}, {2**40})"), 413),
+        (npy_with_header("|V0", "(1, 1, 2, 2)"), 422),
+        (npy_with_header("<U0", "(1, 1, 2, 2)"), 422),
+    ],
+)
+def test_npy_headers_that_describe_nothing_sensible(client, body, status):
+    assert_problem(client.post("/pool/max2d?kernel_size=1", content=body, headers=NPY), status)
+
+
+@pytest.mark.parametrize("shape", [[1, 1, 0, 2**40, 2**40], [0, 2**62, 1, 1]])
+def test_flat_and_protocol_shapes_with_an_empty_dimension_beside_huge_ones(client, shape):
+    flat = {"input": {"data": [], "shape": shape}, "kernel_size": 1}
+    assert_problem(client.post("/pool/max2d", json=flat), 413)
+    inputs = [{"name": "input", "shape": shape, "datatype": "FP32", "data": []}]
+    assert_problem(
+        client.post("/v2/models/max2d/infer", json={"parameters": {"kernel_size": 1}, "inputs": inputs}), 413
+    )
+
+
+@pytest.mark.parametrize("declared", ["²".encode("latin-1"), b"1" * 5000, b"-1", b"1e3"])
+def test_inference_header_lengths_that_are_no_length(client, declared):
+    response = client.post(
+        "/v2/models/max2d/infer",
+        content=b'{"inputs": []}',
+        headers={"inference-header-content-length": declared, "content-type": "application/octet-stream"},
+    )
+    assert_problem(response, 400, detail_has="Inference-Header-Content-Length")
+
+
+@pytest.mark.parametrize("where", ["inputs", "outputs"])
+@pytest.mark.parametrize("parameters", [["binary_data_size", 4], "binary", 7])
+def test_protocol_parameters_that_are_not_objects(client, where, parameters):
+    entry = {"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    document = {"parameters": {"kernel_size": 2}, "inputs": [entry]}
+    if where == "inputs":
+        entry["parameters"] = parameters
+    else:
+        document["outputs"] = [{"name": "output", "parameters": parameters}]
+    assert_problem(client.post("/v2/models/max2d/infer", json=document), 400, detail_has="parameters is an object")
+
+
+def _npz_with_flags(flags: int) -> bytes:
+    body = bytearray(io.BytesIO(_plain_npz()).getvalue())
+    local = body.find(b"PK\x03\x04")
+    central = body.find(b"PK\x01\x02")
+    struct.pack_into("<H", body, local + 6, flags)
+    struct.pack_into("<H", body, central + 8, flags)
+    return bytes(body)
+
+
+def _plain_npz() -> bytes:
+    out = io.BytesIO()
+    np.savez(out, input=np.ones((1, 1, 2, 2), np.float32))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("flags", [0x0001, 0x0020, 0x0040])
+def test_npz_members_marked_encrypted_or_patched(client, flags):
+    response = client.post("/pool/max2d?kernel_size=2", content=_npz_with_flags(flags), headers=NPZ)
+    assert_problem(response, 400, detail_has=".npz")
+
+
+def test_an_npz_whose_directory_lists_many_entries_is_refused_before_it_is_parsed(client):
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for i in range(20_000):
+            archive.writestr(f"m{i}.npy", b"")
+    import time
+
+    started = time.perf_counter()
+    response = client.post("/pool/max2d?kernel_size=2", content=out.getvalue(), headers=NPZ)
+    assert_problem(response, 400, detail_has="20000 members")
+    assert time.perf_counter() - started < 1
+
+
+def test_a_huge_unknown_dtype_is_not_echoed(client):
+    huge = "x" * 1_000_000
+    for document in (
+        {"input": [[[[1.0]]]], "kernel_size": 1, "dtype": huge},
+        {"input": {"data": [1.0], "shape": [1, 1, 1, 1], "dtype": huge}, "kernel_size": 1},
+        {"input": [[[[1.0]]]], "kernel_size": 1, huge: 1},
+    ):
+        response = client.post("/pool/max2d", json=document)
+        assert_problem(response, 422)
+        assert len(response.content) < 2000
+    inputs = [{"name": "input", "shape": [1, 1, 1, 1], "datatype": huge, "data": [1]}]
+    response = client.post("/v2/models/max2d/infer", json={"parameters": {huge: 1}, "inputs": inputs})
+    assert response.status_code == 400 and len(response.content) < 2000
+
+
+# ---------------------------------------------------------------- integers, exactly
+
+BIG = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "values", [[BIG, 1, 2, 3], [BIG, 1.0, 2, 3], [-(2**63), 1.0, 2.0, BIG], [2**53 + 1, 0.0, 3, 2**53 + 3]]
+)
+def test_int64_values_near_the_edges_come_back_exactly(client, values):
+    want = [max(values[0], values[1]), max(values[2], values[3])]
+    nested = client.post("/pool/max1d", json={"input": [[values]], "kernel_size": 2, "dtype": "int64"})
+    assert nested.status_code == 200 and nested.json()["output"] == [[want]]
+    flat = {"input": {"data": values, "shape": [1, 1, 4]}, "kernel_size": 2, "dtype": "int64"}
+    assert client.post("/pool/max1d", json=flat).json()["output"]["data"] == want
+    inputs = [{"name": "input", "shape": [1, 1, 4], "datatype": "INT64", "data": values}]
+    answer = client.post("/v2/models/max1d/infer", json={"parameters": {"kernel_size": 2}, "inputs": inputs})
+    assert answer.json()["outputs"][0]["data"] == want
+
+
+@pytest.mark.parametrize("values", [[2**63, 1, 2, 3], [-(2**63) - 1, 1.0, 2, 3], [9007199254740993.0, 1, 2, 3]])
+def test_int64_values_out_of_range_or_rounded_are_422(client, values):
+    response = client.post("/pool/max1d", json={"input": [[values]], "kernel_size": 2, "dtype": "int64"})
+    assert_problem(response, 422, loc=["body", "input"])
+    inputs = [{"name": "input", "shape": [1, 1, 4], "datatype": "INT64", "data": values}]
+    response = client.post("/v2/models/max1d/infer", json={"parameters": {"kernel_size": 2}, "inputs": inputs})
+    assert_problem(response, 422, loc=["inputs", 0, "data"])
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "FP64"])
+def test_protocol_unpooling_refuses_float_indices(client, datatype):
+    inputs = [
+        {"name": "input", "shape": [1, 1, 1], "datatype": "FP32", "data": [6.0]},
+        {"name": "indices", "shape": [1, 1, 1], "datatype": datatype, "data": [1.7]},
+    ]
+    response = client.post("/v2/models/max-unpool1d/infer", json={"parameters": {"kernel_size": 2}, "inputs": inputs})
+    assert_problem(response, 422, loc=["inputs", 1, "datatype"])
+
+
+def test_a_protocol_dtype_that_disagrees_with_the_datatype_is_422(client):
+    inputs = [{"name": "input", "shape": [1, 1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]
+    document = {"parameters": {"kernel_size": 2, "dtype": "int8"}, "inputs": inputs}
+    assert_problem(client.post("/v2/models/max1d/infer", json=document), 422, loc=["parameters", "dtype"])
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_a_request_cut_off_by_shutdown_gets_a_problem_503(client, monkeypatch):
+    started = threading.Event()
+
+    def slow_finish(job):
+        started.set()
+        threading.Event().wait(2)
+        raise AssertionError("never answered")
+
+    monkeypatch.setattr(pipeline, "finish", slow_finish)
+    body = orjson.dumps({"input": np.zeros((1, 1, 300, 300)).tolist(), "kernel_size": 2})
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive():
+            try:
+                return next(messages)
+            except StopIteration:
+                await asyncio.sleep(60)
+                return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/pool/max2d",
+            "raw_path": b"/pool/max2d",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        task = asyncio.ensure_future(client.app(scope, receive, send))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 503
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"application/problem+json" and headers[b"retry-after"] == b"1"
+    body_sent = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert orjson.loads(body_sent)["status"] == 503
+
+
+def test_npy_roundtrip_still_answers(client):
+    response = client.post(
+        "/pool/max2d?kernel_size=2", content=npy_bytes(np.ones((1, 1, 2, 2), np.float32)), headers=NPY
+    )
+    assert response.status_code == 200
