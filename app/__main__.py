@@ -1,7 +1,7 @@
 """`python -m app`: the service under uvicorn, with uvloop and httptools, as the
 settings say (POOL_HOST, POOL_PORT, POOL_WORKERS, POOL_DRAIN_S, POOL_SHUTDOWN_GRACE_S).
 
-On SIGTERM (an orchestrator stopping a replica) it drains first: /readyz turns
+On SIGTERM (an orchestrator stopping a replica) a single worker drains first: /readyz turns
 unready at once while requests are still served for `drain_s`, so a load
 balancer notices and stops sending; then uvicorn stops accepting connections
 and lets in-flight requests finish for up to `shutdown_grace_s`, and exits.
@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from app.pipeline import Lifecycle
+from app.lifecycle import Lifecycle
 from app.settings import Settings
 
 

@@ -14,6 +14,7 @@ httpx and orjson, not torch.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import orjson
 
 from app.negotiation import JSON, NPY, NPZ
 from app.operations import OPERATIONS, Operation
+from app.paths import pool_path
 
 Result = Any  # np.ndarray, (output, indices), or a dry run's dict
 
@@ -55,7 +57,7 @@ class Call:
 
 def build_call(operation: Operation, x: Any, indices: Any, params: dict[str, Any], transport: str) -> Call:
     params = {name: value for name, value in params.items() if value is not None}
-    path = f"/pool/{operation.name}"
+    path = pool_path(operation.name)
     if params.get("dry_run") or transport == "json":
         document = dict(params)
         if x is not None:
@@ -96,6 +98,8 @@ def read_answer(response: httpx.Response) -> Result:
 
 
 def _json_tensor(value: Any, dtype: str) -> np.ndarray:
+    if isinstance(value, dict) and "npy_base64" in value:
+        return np.load(io.BytesIO(base64.b64decode(value["npy_base64"])), allow_pickle=False)
     names = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
 
     def numbers(v: Any) -> Any:

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from app import __version__, codecs
 from app.dtypes import BY_PROTOCOL, TABLE
 from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody, shown
-from app.negotiation import JSON
+from app.negotiation import JSON, OCTET_STREAM, PROBLEM_JSON
 from app.operations import Operation
 from app.pipeline import Decoded, Job, Runtime
 from app.requests import Incoming
@@ -218,7 +218,7 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
             return Answer(header, JSON)
         return Answer(
             b"".join([header, *parts]),
-            "application/octet-stream",
+            OCTET_STREAM,
             {"Inference-Header-Content-Length": str(len(header))},
         )
 
@@ -268,9 +268,7 @@ def inference_router(runtime: Runtime) -> APIRouter:
         draining = runtime.lifecycle.draining
         return Response(orjson.dumps({"ready": not draining}), 503 if draining else 200, media_type=JSON)
 
-    unknown: dict[int | str, dict[str, Any]] = {
-        404: {"description": "No such model", "content": {"application/problem+json": {}}}
-    }
+    unknown: dict[int | str, dict[str, Any]] = {404: {"description": "No such model", "content": {PROBLEM_JSON: {}}}}
 
     @router.get("/models/{op}", summary="Model metadata", operation_id="v2-model", responses=unknown)
     async def metadata(op: str) -> dict[str, Any]:

@@ -29,8 +29,7 @@ from app.openapi import schema_builder
 from app.operations import OPERATIONS, Operation
 from app.pipeline import PlanCache, Runtime
 from app.requests import BodyBudget
-from app.responses import install_error_handlers
-from app.routes import catalogue_router, service_router
+from app.routes import catalogue_router, install_error_handlers, service_router
 from app.settings import Settings
 from app.telemetry import AccessLog, Metrics, configure_logging
 

@@ -9,6 +9,7 @@ JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 PROBLEM_JSON = "application/problem+json"
+OCTET_STREAM = "application/octet-stream"  # the protocol's binary tensor data
 OFFERED = (JSON, NPY, NPZ)
 BODY_KINDS = {JSON: "json", NPY: "npy", NPZ: "npz"}
 

@@ -14,10 +14,10 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from app.dtypes import BY_PROTOCOL
-from app.negotiation import JSON, NPY, NPZ, PROBLEM_JSON
+from app.negotiation import JSON, NPY, NPZ, OCTET_STREAM, PROBLEM_JSON
 from app.operations import Operation
 from app.params import TensorField
-from app.paths import POOL_PREFIX, V2_INFER, V2_MODELS, needs_key
+from app.paths import V2_INFER, V2_MODELS, needs_key, pool_path
 
 
 class FieldError(BaseModel):
@@ -57,14 +57,17 @@ POOL_ERRORS = {
     406: "Accept names nothing the service produces",
     413: "Body, tensor or result over a limit",
     415: "Unsupported Content-Type",
-    422: "Invalid parameters, or parameters invalid for this tensor",
+    422: "Invalid parameters, or parameters invalid for this tensor, or work over the cap",
+    503: "Refused before any work: every compute slot and queue place taken, or shutting down",
+    504: "The computation ran past the request's time limit",
 }
 INFER_ERRORS = {
     400: "The request does not follow the protocol, or names an unknown parameter, input or output",
     404: "No such model",
     413: "Body, tensor or result over a limit",
-    422: "Parameters invalid for this tensor",
-    503: "Every compute slot and queue place is taken",
+    422: "Parameters invalid for this tensor, or work over the cap",
+    503: "Refused before any work: every compute slot and queue place taken, or shutting down",
+    504: "The computation ran past the request's time limit",
 }
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 BINARY_NOTE = (
@@ -109,7 +112,7 @@ def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], di
         examples = operation.family.examples(operation.rank)
         if examples:
             request["examples"] = examples
-        paths[f"{POOL_PREFIX}{operation.name}"] = {
+        paths[pool_path(operation.name)] = {
             "post": {
                 "tags": [operation.family.name],
                 "summary": f"{operation.family.summary} ({operation.rank}D)",
@@ -136,7 +139,7 @@ def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], di
             "responses": {
                 "200": {
                     "description": "The outputs, as JSON or with the binary tensor data extension",
-                    "content": {JSON: {"schema": {"type": "object"}}, "application/octet-stream": BINARY},
+                    "content": {JSON: {"schema": {"type": "object"}}, OCTET_STREAM: BINARY},
                 },
                 **_errors(INFER_ERRORS, problem),
             },

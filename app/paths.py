@@ -11,6 +11,10 @@ V2_MODELS, V2_INFER = "/v2/models/", "/infer"
 Door = Literal["native", "protocol"]
 
 
+def pool_path(op: str) -> str:
+    return f"{POOL_PREFIX}{op}"
+
+
 def compute_target(path: str) -> tuple[str, Door] | None:
     """(op, door) for the paths the pooling endpoint serves: `/pool/{op}` (the native
     API) and `/v2/models/{op}/infer` (the Open Inference Protocol); `op` is not
@@ -44,4 +48,4 @@ def metered_op(method: str, path: str, operations: Container[str]) -> str | None
 def served_paths(operations: Iterable[str]) -> set[str]:
     """The POST paths the pooling endpoint answers for these ops, as the OpenAPI
     schema names them."""
-    return {f"{POOL_PREFIX}{op}" for op in operations} | {f"{V2_MODELS}{{op}}{V2_INFER}"}
+    return {pool_path(op) for op in operations} | {f"{V2_MODELS}{{op}}{V2_INFER}"}

@@ -32,6 +32,7 @@ from app.dtypes import FLOAT_DTYPES
 from app.errors import InvalidParameters, Loc, TooLarge, validation_problem
 from app.execution import Executor, to_numpy, with_fallbacks
 from app.layout import Layout, global_indices
+from app.lifecycle import Lifecycle
 from app.negotiation import JSON
 from app.operations import Operation
 from app.params import PoolParams
@@ -41,14 +42,6 @@ from app.telemetry import AccessLog, Metrics
 
 log = logging.getLogger("app.pipeline")
 R = TypeVar("R")  # a door's answer
-
-
-class Lifecycle:
-    """Where this process is in its life: draining (set on SIGTERM by `python -m app`,
-    read by /readyz) while requests are still served."""
-
-    def __init__(self) -> None:
-        self.draining = False
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ class Decoded(Generic[R]):
     fields: dict[str, Any]
     tensors: dict[str, Tensor]
     source: str  # where parameters arrive: `body`, `query` or `parameters`
-    answer: str  # the media type negotiated for the answer
+    media_type: str  # negotiated for the answer
     encode: Encoder[R]
     dry: Callable[[DryRun], R] | None = None  # how a dry run is answered, where the door has them
     origins: dict[str | int, Loc] | None = None  # fields that arrive elsewhere (tensors), by name
@@ -98,7 +91,7 @@ class Job(Generic[R]):
     layout: Layout
     plan: Plan
     tensors: dict[str, Tensor]
-    answer: str
+    media_type: str
     encoding: str
     executor: Executor
     decoded: Decoded[R]
@@ -192,7 +185,7 @@ def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job
     assert x is not None
     params = prepared.params.seeded()
     encoding = params.output_encoding or ("npy_base64" if decoded.source == "query" else x.encoding)
-    if x.dtype == "bfloat16" and (decoded.answer != JSON or encoding == "npy_base64"):
+    if x.dtype == "bfloat16" and (decoded.media_type != JSON or encoding == "npy_base64"):
         raise InvalidParameters.at(
             ("output_encoding",), "a .npy cannot carry bfloat16: ask for JSON (json or flat encoding)", "bfloat16_npy"
         )
@@ -202,7 +195,7 @@ def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job
         prepared.layout,
         prepared.plan,
         tensors,
-        decoded.answer,
+        decoded.media_type,
         encoding,
         runtime.executor,
         decoded,

@@ -1,5 +1,6 @@
 """Answers as HTTP: errors as problem+json (RFC 9457), rendered here and nowhere
-else, and `Answer`, a finished answer sent as a plain ASGI app."""
+else (FastAPI's own handlers in `app.routes` call these too), and `Answer`, a
+finished answer sent as a plain ASGI app."""
 
 from __future__ import annotations
 
@@ -8,9 +9,6 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -83,34 +81,3 @@ def internal_error(scope: Any, exc: BaseException, v2: bool = False) -> Response
     rid = request_id(scope)
     log.error("unhandled error on %s %s [request %s]", scope.get("method"), scope.get("path"), rid, exc_info=exc)
     return problem_response(500, "internal error; quote the request id when reporting it", request_id=rid, v2=v2)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """The framework's own errors, and ours raised in its routes, as problem+json."""
-
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
-        return problem_of(exc, v2=request.url.path.startswith("/v2/"))
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        detail = exc.detail
-        if exc.status_code == 404:
-            detail = f"nothing at {request.url.path}; GET /pool lists the operations"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}))
-
-    async def on_request_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        errors = [{"loc": list(e["loc"]), "msg": str(e["msg"]), "type": e["type"]} for e in exc.errors()]
-        return problem_response(422, "the request is invalid", errors)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # A bug, never client input: log it, and say nothing of its internals.
-        return internal_error(request.scope, exc)
-
-    app.add_exception_handler(ProblemError, on_problem)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_request_validation)
-    app.add_exception_handler(Exception, on_unexpected)

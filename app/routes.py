@@ -1,6 +1,7 @@
 """FastAPI's routes: the service routes (`/healthz`, `/readyz`, `/metrics`, `/info`)
-and `GET /pool`, the operation table as JSON. The pooling itself is served by
-the endpoint in front of FastAPI's router (`app.endpoint`).
+and `GET /pool`, the operation table as JSON, and the handlers that answer the
+framework's own errors as problem+json. The pooling itself is served by the
+endpoint in front of FastAPI's router (`app.endpoint`).
 """
 
 from __future__ import annotations
@@ -9,20 +10,25 @@ from typing import Any
 
 import orjson
 import torch
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 
 from app import __version__
 from app.dtypes import DTYPES
+from app.errors import ProblemError
+from app.negotiation import JSON
 from app.operations import Operation
 from app.params import TENSOR_SCHEMA
 from app.pipeline import Runtime
+from app.responses import internal_error, problem_of, problem_response
 from app.settings import Settings
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
 
 
 def _parameter_rows(operation: Operation) -> list[dict[str, Any]]:
@@ -119,3 +125,34 @@ def service_router(settings: Settings, runtime: Runtime) -> APIRouter:
         }
 
     return router
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The framework's own errors, and ours raised in its routes, as problem+json."""
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_of(exc, v2=request.url.path.startswith("/v2/"))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail
+        if exc.status_code == 404:
+            detail = f"nothing at {request.url.path}; GET /pool lists the operations"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}))
+
+    async def on_request_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e["loc"]), "msg": str(e["msg"]), "type": e["type"]} for e in exc.errors()]
+        return problem_response(422, "the request is invalid", errors)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, never client input: log it, and say nothing of its internals.
+        return internal_error(request.scope, exc)
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -39,6 +39,13 @@ def test_sync_client_returns_what_torch_computes(server, transport):
         assert client.adaptive_max1d(np.arange(10, dtype=np.int64)[None, None], output_size=3).tolist() == [[[3, 6, 9]]]
 
 
+def test_json_answers_in_any_encoding_come_back_as_arrays(server):
+    want = F.max_pool2d(torch.from_numpy(X), 2).numpy()
+    with PoolClient(server, transport="json") as client:
+        for encoding in ("json", "flat", "npy_base64"):
+            np.testing.assert_array_equal(client.max2d(X, kernel_size=2, output_encoding=encoding), want)
+
+
 def test_sync_client_raises_the_problem(server):
     with PoolClient(server) as client:
         with pytest.raises(PoolError) as caught:

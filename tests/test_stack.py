@@ -144,8 +144,8 @@ def test_codecs_operation_table_and_client_import_neither_torch_nor_fastapi():
     assert result.stdout.strip() == ""
 
 
-def test_the_gate_imports_no_torch():
-    probe = "import sys, app.gate, app.paths, app.responses\nprint('torch' in sys.modules)"
+def test_the_gate_and_the_server_entry_import_no_torch():
+    probe = "import sys, app.gate, app.paths, app.responses, app.__main__\nprint('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
