@@ -88,6 +88,8 @@ def decode_json_tensor(
     """
     if isinstance(value, list):
         array = _nested_array(value, loc, limits, maybe_bools)
+        if integer_only:
+            _integers_only(array, loc)
         return Tensor(_cast(array, dtype, loc, value), dtype, "json")
     if not isinstance(value, dict):
         raise InvalidParameters.at(
@@ -141,6 +143,8 @@ def _flat(
     if not isinstance(data, list):
         raise InvalidParameters.at((*loc, "data"), "data must be a flat array of numbers", "list_type")
     array = _nested_array(data, (*loc, "data"), limits, maybe_bools)
+    if integer_only:
+        _integers_only(array, loc)
     if array.ndim != 1:
         raise UndecodableBody(f"{where(loc)}.data must be a flat (one-dimensional) array")
     if array.size != math.prod(shape):
@@ -192,6 +196,7 @@ def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int)
 
 
 _EXACT_IN_FLOAT = 2**53  # every integer below this, and no more, is a float64 exactly
+_BFLOAT16_INFINITE_FROM = (2 - 2**-8) * 2**127  # values from here round to infinity in bfloat16
 
 
 def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...], source: list[Any]) -> np.ndarray:
@@ -211,6 +216,10 @@ def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...], source: lis
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
         return array.astype(target, copy=False)
+    if dtype == "bfloat16" and array.size and array.dtype.kind == "f":
+        finite = array[np.isfinite(array)]
+        if finite.size and float(np.abs(finite).max()) >= _BFLOAT16_INFINITE_FROM:
+            raise InvalidParameters.at(loc, "a value is outside the range of bfloat16", "dtype")
     try:
         with np.errstate(over="raise"):
             return array.astype(target, copy=False)
@@ -237,6 +246,12 @@ def _exact_integers(source: list[Any], shape: tuple[int, ...], dtype: str, loc: 
     return np.array(exact, dtype=TABLE[dtype].carrier).reshape(shape)
 
 
+def _integers_only(array: np.ndarray, loc: tuple[str | int, ...]) -> None:
+    """Positions are JSON integers: a float (even 1.0) is refused, never truncated."""
+    if array.size and array.dtype.kind not in "iu":
+        raise InvalidParameters.at(loc, "indices are integers; the values are not all JSON integers", "dtype")
+
+
 def _only_keys(value: dict[str, Any], allowed: set[str], loc: tuple[str | int, ...]) -> None:
     extra = sorted(set(value) - allowed)
     if extra:
@@ -244,7 +259,9 @@ def _only_keys(value: dict[str, Any], allowed: set[str], loc: tuple[str | int, .
 
 
 def _dtype_conflict(loc: tuple[str | int, ...], own: str, requested: str) -> InvalidParameters:
-    return InvalidParameters.at(loc, f"the tensor is {own} but the request's dtype says {requested}", "dtype_conflict")
+    """Located at the request's `dtype`, beside the tensor at `loc`."""
+    message = f"the tensor is {own} but the request's dtype says {shown(requested)}"
+    return InvalidParameters.at((*loc[:-1], "dtype"), message, "dtype_conflict")
 
 
 def decode_base64(text: str, loc: tuple[str | int, ...]) -> bytearray:
@@ -284,8 +301,8 @@ def decode_npy(buf: bytearray | memoryview, limits: Limits, loc: Sequence[str | 
         raise UndecodableBody(f"{where(loc)}: the .npy header is truncated or too long")
     dtype, fortran, shape = _npy_header(bytes(view[start : start + header_len]), loc)
     check_size(shape, limits, loc)
-    if dtype.itemsize == 0:
-        raise InvalidParameters.at(tuple(loc), f"dtype {shown(dtype.str)} has no bytes per element", "dtype")
+    if dtype.itemsize == 0 or dtype.subdtype is not None or dtype.names is not None:
+        raise InvalidParameters.at(tuple(loc), f"dtype {shown(dtype.descr)} is not a plain number type", "dtype")
     count = math.prod(shape)
     offset = start + header_len
     if len(view) - offset != count * dtype.itemsize:

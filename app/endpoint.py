@@ -45,7 +45,10 @@ class PoolEndpoint:
         response: Reply
         if scope["method"] != "POST":
             response = problem_response(
-                405, f"{scope['method']} is not allowed on {scope['path']}", headers={"Allow": "POST"}, v2=protocol
+                405,
+                f"{shown(scope['method'])} is not allowed on {shown(scope['path'], 200)}",
+                headers={"Allow": "POST"},
+                v2=protocol,
             )
             await response(scope, receive, send)
             return

@@ -5,6 +5,7 @@ them, and `app.responses` renders them as problem+json (RFC 9457) in one place.
      +-- UndecodableBody         400  a body or tensor that cannot be decoded
      +-- NotFound                404
      +-- NotAcceptable           406  `Accept` names nothing the service produces
+     +-- BodyTooSlow             408  the body did not arrive within its time, or at its pace
      +-- TooLarge                413  body, tensor or result over a limit
      +-- UnsupportedMediaType    415
      +-- InvalidParameters       422  parameters invalid, or invalid for this tensor
@@ -65,6 +66,10 @@ class NotFound(ProblemError):
 
 class NotAcceptable(ProblemError):
     status = 406
+
+
+class BodyTooSlow(ProblemError):
+    status = 408
 
 
 class TooLarge(ProblemError):

@@ -91,7 +91,13 @@ def _tensor(
         offset += size
     elif "data" in entry:
         decoded = codecs.decode_json_tensor(
-            entry["data"], loc=(*where, "data"), dtype=dtype, dtype_given=True, limits=runtime.limits, maybe_bools=True
+            entry["data"],
+            loc=(*where, "data"),
+            dtype=dtype,
+            dtype_given=True,
+            limits=runtime.limits,
+            maybe_bools=True,
+            integer_only=name != "input",
         )
         if decoded.array.size != math.prod(shape):
             raise protocol_error(
@@ -161,7 +167,7 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
         origins[name] = ("inputs", index)
     if "input" in tensors:
         if fields.get("dtype", tensors["input"].dtype) != tensors["input"].dtype:
-            message = f"the input is {tensors['input'].dtype} but dtype says {fields['dtype']}"
+            message = f"the input is {tensors['input'].dtype} but dtype says {shown(fields['dtype'])}"
             raise InvalidParameters.at(("parameters", "dtype"), message, "dtype_conflict")
         fields["dtype"] = tensors["input"].dtype
     for name in ("input", *operation.family.extra_tensors):

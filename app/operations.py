@@ -97,6 +97,13 @@ class Operation:
         return "torch.nn.functional." + self.family.reference.format(self.rank)
 
     @cached_property
+    def boolean_fields(self) -> frozenset[str]:
+        """The parameters that are booleans (a query string may spell them `1`, `yes`, `on`...)."""
+        return frozenset(
+            name for name, info in self.params.model_fields.items() if info.annotation in (bool, bool | None)
+        )
+
+    @cached_property
     def kernel(self) -> ComputeFn[Any]:
         """The family's compute function itself, imported on first use."""
         compute = self.family.compute

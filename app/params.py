@@ -100,8 +100,10 @@ def spatial(rank: int, item_type: Any, item_schema: dict[str, Any], what: str, o
     ]
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Sizes beyond any tensor's are refused here, where they are not yet anyone's arithmetic.
+LARGEST = 2**40
+PositiveInt = Annotated[int, Field(ge=1, le=LARGEST)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=LARGEST)]
 OptionalSize = Annotated[int, Field(ge=1)] | None
 Ratio = Annotated[float, Field(gt=0, lt=1)]
 

@@ -37,7 +37,7 @@ from app.negotiation import JSON
 from app.operations import Operation
 from app.params import PoolParams
 from app.planning import Plan
-from app.requests import BodyBudget, Incoming, disconnected, read_body
+from app.requests import BodyBudget, BodyPace, Incoming, disconnected, read_body
 from app.telemetry import AccessLog, Metrics
 
 log = logging.getLogger("app.pipeline")
@@ -54,6 +54,7 @@ class Runtime:
     max_body_bytes: int
     plans: PlanCache
     bodies: BodyBudget
+    pace: BodyPace
     inline_max_bytes: int
     inline_max_work: int
     metrics: Metrics
@@ -118,7 +119,7 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
     goes to the bounded compute pool, so cheap requests never wait behind it here."""
-    raw = await read_body(request, runtime.max_body_bytes, runtime.bodies)
+    raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
     try:
         answer = await _answer(operation, request, runtime, raw, decoder)
     finally:
@@ -268,7 +269,7 @@ def compute(job: Job[Any]) -> tuple[np.ndarray, np.ndarray | None]:
     }
     try:
         out, indices = with_fallbacks(operation.kernel, tensor, params, job.plan, extra)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
         # The pre-checks should have caught this; never let it become a 500.
         log.warning("%s refused by torch after validation: %s", operation.name, exc)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

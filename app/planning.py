@@ -26,7 +26,7 @@ Planning is arithmetic on shapes (numpy where it is vectorised): no torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from app.errors import InvalidParameters
@@ -208,19 +208,40 @@ def plan_windows(params: WindowParams, shape: Shape) -> WindowPlan:
 
 
 def sliding_plan(params: WindowParams, shape: Shape) -> Plan:
-    """Max, average and Lp pooling. The work: every cell of every window, a padded copy
-    of the input as far as the windows reach (the scratch), and a Python step per
-    kernel cell where dilated sums walk the kernel."""
+    """Max, average and Lp pooling. The work: every cell of every window torch pools
+    (where uneven padding is applied as torch's symmetric padding, the windows of
+    that wider padding, of which only the planned ones are kept), a padded copy of
+    the input as far as the windows reach (the scratch), and, where dilated sums
+    walk the kernel (`averaging_plan`), their passes."""
     w = plan_windows(params, shape)
     lead = math.prod(shape[: -len(w.out)])
-    extents = [
+    extents = _extents(w)
+    scratch = lead * math.prod(extents)
+    wide = [
+        max(out, window_count(size, k, s, (max(b, e), max(b, e)), d, True))
+        for size, (b, e), out, s, d, k in zip(w.spatial, w.pads, w.out, w.stride, w.dilation, w.kernel, strict=True)
+    ]
+    work = lead * math.prod(wide) * math.prod(w.kernel) + scratch
+    return Plan(_with_sizes(shape, w.out), work, [list(p) for p in w.pads], w, scratch=scratch)
+
+
+def _extents(w: WindowPlan) -> list[int]:
+    """Per dimension, the input and its padding, or as far as the windows reach."""
+    return [
         max(size + b + e, (n - 1) * s + d * (k - 1) + 1)
         for size, (b, e), n, s, d, k in zip(w.spatial, w.pads, w.out, w.stride, w.dilation, w.kernel, strict=True)
     ]
-    scratch = lead * math.prod(extents)
-    steps = 0 if w.undilated else sum(w.kernel)
-    work = lead * math.prod(w.out) * math.prod(w.kernel) + scratch + steps * STEP
-    return Plan(_with_sizes(shape, w.out), work, [list(p) for p in w.pads], w, scratch=scratch)
+
+
+def _dilated_sum_work(w: WindowPlan, lead: int) -> int:
+    """A dilated sum adds, one dimension after another, each kernel cell's strided
+    slice of what the previous dimensions left: a Python step and a pass over that
+    slice per kernel cell."""
+    extents, work = _extents(w), 0
+    for dim, kernel in enumerate(w.kernel):
+        part = lead * math.prod(w.out[: dim + 1]) * math.prod(extents[dim + 1 :])
+        work += kernel * (part + STEP)
+    return work
 
 
 def averaging_plan(params: WindowParams, shape: Shape) -> Plan:
@@ -235,6 +256,8 @@ def averaging_plan(params: WindowParams, shape: Shape) -> Plan:
             f"the input's spatial size {list(w.spatial)} is smaller than the window {list(w.kernel)}; "
             "torch's 3-D average pooling refuses that even with padding ([begin, end] pairs pool it)",
         )
+    if not w.undilated:
+        plan = replace(plan, work=plan.work + _dilated_sum_work(w, math.prod(shape[: -len(w.out)])))
     return plan
 
 

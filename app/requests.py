@@ -8,6 +8,7 @@ element. Binary bodies (.npy, .npz) take their parameters from the query.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import re
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from starlette.types import Receive
 
 from app import codecs
 from app.codecs import Limits, Tensor
-from app.errors import ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody, shown
+from app.errors import BodyTooSlow, ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody, shown
 from app.operations import Operation
 
 
@@ -105,32 +106,90 @@ class BodyBudget:
         self.held -= size
 
 
-async def read_body(incoming: Incoming, limit: int, budget: BodyBudget) -> bytearray:
+@dataclass(frozen=True)
+class BodyPace:
+    """How fast a body must arrive: all of it within `timeout_s`, and after the first
+    `grace_s`, at least `min_rate` bytes a second on average; a client slower than
+    that would hold its connection, and the bytes it sent, for as long as it liked."""
+
+    timeout_s: float
+    min_rate: float
+    grace_s: float = 1.0
+
+    def deadline(self, started: float, received: int) -> float:
+        return started + min(self.timeout_s, self.grace_s + received / self.min_rate)
+
+
+class _Late:
+    """Stops a body's reader that has run past its pace (a timer's callback: one handle
+    per chunk costs far less than a timeout context per request)."""
+
+    __slots__ = ("fired", "reader")
+
+    def __init__(self, reader: asyncio.Task[object] | None) -> None:
+        self.reader = reader
+        self.fired = False
+
+    def __call__(self) -> None:
+        if self.reader is not None:
+            self.fired = True
+            self.reader.cancel()
+
+
+async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, pace: BodyPace) -> bytearray:
     """The body, refused as soon as it is known to exceed `limit` bytes (a declared
-    Content-Length before anything is read) or the shared budget. The caller gives
+    Content-Length before anything is read), the shared budget (taken as bytes
+    arrive: a declared size reserves nothing) or its pace (408). The caller gives
     `len(body)` back to the budget when it is done with it."""
     declared = incoming.headers.get("content-length")
-    if declared is None:
-        # Chunked: its size is taken from the budget as it arrives.
-        body, more = bytearray(), True
-        try:
-            while more:
-                chunk, more = await _chunk(incoming.receive)
-                if len(body) + len(chunk) > limit:
-                    raise TooLarge(f"the body exceeds the limit of {limit} bytes")
-                budget.take(len(chunk))
-                body += chunk
-        except BaseException:
-            budget.give_back(len(body))
-            raise
-        return body
-    size = _declared_size(declared, limit)
-    budget.take(size)
+    size = _declared_size(declared, limit) if declared is not None else None
+    # A declared body goes into one buffer of its size as it arrives, each chunk let go
+    # at once, so the allocator hands the same memory back for the next: keeping every
+    # chunk until the end and joining them costs twice the page faults.
+    body = budget.buffer(size) if size is not None else bytearray()
+    bound = size if size is not None else limit
+    received, more = 0, True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader = asyncio.current_task()
+    late = _Late(reader)
+    timer = loop.call_at(pace.deadline(started, 0), late)
     try:
-        return await _read_declared(incoming, budget.buffer(size))
+        while more:
+            chunk, more = await _chunk(incoming.receive)
+            count = len(chunk)
+            if received + count > bound:
+                if size is None:
+                    raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+                raise UndecodableBody("the body is longer than its Content-Length")
+            budget.take(count)
+            if size is None:
+                body += chunk
+            else:
+                body[received : received + count] = chunk
+            received += count
+            if more:
+                timer.cancel()
+                timer = loop.call_at(pace.deadline(started, received), late)
+    except asyncio.CancelledError:
+        budget.give_back(received)
+        if not late.fired or reader is None:
+            raise
+        reader.uncancel()
+        raise BodyTooSlow(
+            f"the body did not arrive in time: {received} bytes in {pace.timeout_s:g} s at most, "
+            f"at {pace.min_rate:g} bytes a second at least",
+            headers={"Connection": "close"},
+        ) from None
     except BaseException:
-        budget.give_back(size)
+        budget.give_back(received)
         raise
+    finally:
+        timer.cancel()
+    if size is not None and received != size:
+        budget.give_back(received)
+        raise UndecodableBody("the body is shorter than its Content-Length")
+    return body
 
 
 def _declared_size(declared: str, limit: int) -> int:
@@ -143,23 +202,6 @@ def _declared_size(declared: str, limit: int) -> int:
     if size > limit:
         raise TooLarge(f"the body has {size} bytes; the limit is {limit}")
     return size
-
-
-async def _read_declared(incoming: Incoming, body: bytearray) -> bytearray:
-    """Each chunk is copied into one buffer of the declared size as it arrives and let
-    go at once, so the allocator hands the same memory back for the next: keeping
-    every chunk until the end and joining them costs twice the page faults."""
-    size = len(body)
-    view, filled, more = memoryview(body), 0, True
-    while more:
-        chunk, more = await _chunk(incoming.receive)
-        if filled + len(chunk) > size:
-            raise UndecodableBody("the body is longer than its Content-Length")
-        view[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    if filled != size:
-        raise UndecodableBody("the body is shorter than its Content-Length")
-    return body
 
 
 def parse_json_body(raw: bytearray) -> dict[str, Any]:
@@ -186,13 +228,29 @@ def query_value(text: str) -> Any:
     return text
 
 
-def query_fields(query: QueryParams) -> dict[str, Any]:
+# A query string's booleans, in the lax forms pydantic knows; JSON bodies take only true and false.
+QUERY_BOOLEANS = {
+    "true": True,
+    "false": False,
+    "1": True,
+    "0": False,
+    "yes": True,
+    "no": False,
+    "on": True,
+    "off": False,
+}
+
+
+def query_fields(query: QueryParams, booleans: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The parameters of a query string; those named in `booleans` in any lax form."""
     fields = {}
     for key in query.keys():
         values = query.getlist(key)
         if len(values) > 1:
             raise InvalidParameters.at(("query", key), f"{shown(key)} is given {len(values)} times", "repeated")
-        fields[key] = query_value(values[0])
+        text = values[0]
+        lax = QUERY_BOOLEANS.get(text.lower()) if key in booleans else None
+        fields[key] = lax if lax is not None else query_value(text)
     return fields
 
 
@@ -306,7 +364,7 @@ def decode_json_request(
 def decode_binary_request(
     raw: bytearray, kind: str, query: QueryParams, operation: Operation, limits: Limits
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    fields = query_fields(query)
+    fields = query_fields(query, operation.boolean_fields)
     names = ("input", *operation.family.extra_tensors)
     for name in names:
         if name in fields:
@@ -330,7 +388,9 @@ def decode_binary_request(
     requested = fields.get("dtype")
     if requested is not None and requested != tensors["input"].dtype:
         raise InvalidParameters.at(
-            ("query", "dtype"), f"the .npy is {tensors['input'].dtype} but dtype says {requested}", "dtype_conflict"
+            ("query", "dtype"),
+            f"the .npy is {tensors['input'].dtype} but dtype says {shown(requested)}",
+            "dtype_conflict",
         )
     for name in names:
         fields[name] = None  # tensors are decoded; the model checks the rest

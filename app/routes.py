@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from app import __version__
 from app.dtypes import DTYPES
-from app.errors import ProblemError
+from app.errors import ProblemError, shown
 from app.negotiation import JSON
 from app.operations import Operation
 from app.params import TENSOR_SCHEMA
@@ -138,10 +138,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail
         if exc.status_code == 404:
-            detail = f"nothing at {request.url.path}; GET /pool lists the operations"
+            detail = f"nothing at {shown(request.url.path, 200)}; GET /pool lists the operations"
         elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}))
+            detail = f"{shown(request.method)} is not allowed on {shown(request.url.path, 200)}"
+        v2 = request.url.path.startswith("/v2/")
+        return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}), v2=v2)
 
     async def on_request_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

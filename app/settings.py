@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     request_timeout_s: float | None = Field(
         None, gt=0, description="Seconds a computation may take before its request gets a 504; none by default."
     )
+    body_timeout_s: float = Field(
+        60, gt=0, description="Seconds a request body may take to arrive in full; past them, a 408."
+    )
+    body_min_rate: float = Field(
+        16_384,
+        gt=0,
+        description="Bytes a second a body must arrive at, on average, after its first second; slower, a 408.",
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After, in seconds, on a 503.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

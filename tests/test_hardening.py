@@ -224,32 +224,43 @@ def test_hostile_bodies_get_a_clean_4xx_and_the_server_carries_on(client, body, 
 
 
 def test_request_bodies_in_flight_share_one_budget():
-    from app.requests import BodyBudget, Incoming, read_body
+    from app.requests import BodyBudget, BodyPace, Incoming, read_body
 
     budget = BodyBudget(2000, retry_after_s=3)
+    pace = BodyPace(timeout_s=60, min_rate=1)
     hold = asyncio.Event()
 
-    async def stalled_receive():
-        await hold.wait()
-        return {"type": "http.request", "body": b"x" * 1500, "more_body": False}
+    def arriving(first: bytes):
+        chunks = iter([first])
+
+        async def receive():
+            chunk = next(chunks, None)
+            if chunk is None:
+                await hold.wait()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": chunk, "more_body": True}
+
+        return receive
 
     async def scenario() -> list[object]:
+        # The budget counts what arrived, not what was declared.
         first = asyncio.ensure_future(
-            read_body(Incoming({"content-length": "1500"}, None, stalled_receive), 10_000, budget)
+            read_body(Incoming({"content-length": "1800"}, None, arriving(b"x" * 1500)), 10_000, budget, pace)
         )
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
         outcomes: list[object] = [budget.held]
         try:
-            await read_body(Incoming({"content-length": "1000"}, None, stalled_receive), 10_000, budget)
+            await read_body(Incoming({"content-length": "1000"}, None, arriving(b"y" * 600)), 10_000, budget, pace)
         except Overloaded as exc:
             outcomes.append(exc.headers["Retry-After"])
+        outcomes.append(budget.held)
         first.cancel()  # the client went away mid-upload: its share comes back
         with pytest.raises(asyncio.CancelledError):
             await first
         outcomes.append(budget.held)
         return outcomes
 
-    assert asyncio.run(scenario()) == [1500, "3", 0]
+    assert asyncio.run(scenario()) == [1500, "3", 1500, 0]
 
 
 def test_a_large_body_buffer_is_reused_only_when_nothing_views_it():

@@ -225,3 +225,70 @@ def test_npy_roundtrip_still_answers(client):
         "/pool/max2d?kernel_size=2", content=npy_bytes(np.ones((1, 1, 2, 2), np.float32)), headers=NPY
     )
     assert response.status_code == 200
+
+
+# ---------------------------------------------------------------- found by an attacker's pass
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64 - 1, 2**41])
+def test_spatial_integers_beyond_any_tensor_are_422_in_every_door(client, value):
+    grid = [[[1.0, 2.0, 3.0]]]
+    assert_problem(client.post("/pool/max1d", json={"input": grid, "kernel_size": 1, "stride": value}), 422)
+    body = npy_bytes(np.ones((1, 1, 3), np.float32))
+    response = client.post(f"/pool/max1d?kernel_size=1&dilation={value}", content=body, headers=NPY)
+    assert_problem(response, 422, loc=["query", "dilation", 0])
+    inputs = [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]
+    document = {"parameters": {"kernel_size": 1, "stride": value}, "inputs": inputs}
+    assert_problem(client.post("/v2/models/max1d/infer", json=document), 422, loc=["parameters", "stride", 0])
+
+
+def test_an_npy_of_subarrays_is_422(client):
+    body = npy_with_header("(2,)<f4", "(1, 1, 2)", b"\0" * 16)
+    assert_problem(client.post("/pool/max1d?kernel_size=1", content=body, headers=NPY), 422)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", True), ("yes", True), ("on", True), ("True", True), ("0", False)])
+def test_query_booleans_take_the_lax_forms(client, text, value):
+    x = np.arange(5, dtype=np.float32)[None, None]
+    response = client.post(
+        f"/pool/max1d?kernel_size=2&ceil_mode={text}&return_indices={text}",
+        content=npy_bytes(x),
+        headers={**NPY, "accept": "application/json"},
+    )
+    body = response.json()
+    assert response.status_code == 200 and body["shape"] == [1, 1, 3 if value else 2]
+    assert (body["indices"] is not None) is value
+
+
+def test_json_booleans_stay_strict(client):
+    response = client.post("/pool/max1d", json={"input": [[[1.0, 2.0]]], "kernel_size": 2, "ceil_mode": 1})
+    assert_problem(response, 422, loc=["body", "ceil_mode"])
+
+
+def test_float_indices_are_422_even_when_integral(client):
+    document = {"input": [[[[6.0]]]], "indices": [[[[1.0]]]], "kernel_size": 2}
+    assert_problem(client.post("/pool/max-unpool2d", json=document), 422, loc=["body", "indices"])
+    inputs = [
+        {"name": "input", "shape": [1, 1, 1], "datatype": "FP32", "data": [6.0]},
+        {"name": "indices", "shape": [1, 1, 1], "datatype": "INT64", "data": [1.0]},
+    ]
+    response = client.post("/v2/models/max-unpool1d/infer", json={"parameters": {"kernel_size": 2}, "inputs": inputs})
+    assert_problem(response, 422, loc=["inputs", 1, "data"])
+
+
+def test_bfloat16_values_that_round_to_infinity_are_422(client):
+    document = {"input": [[[3.4e38, 1.0]]], "kernel_size": 2, "dtype": "bfloat16"}
+    assert_problem(client.post("/pool/max1d", json=document), 422, loc=["body", "input"])
+    fits = {"input": [[[3.38e38, 1.0]]], "kernel_size": 2, "dtype": "bfloat16"}
+    assert client.post("/pool/max1d", json=fits).status_code == 200
+
+
+def test_a_dtype_that_disagrees_with_the_tensor_is_located_at_dtype(client):
+    flat = {"input": {"data": [1.0, 2.0], "shape": [1, 1, 2], "dtype": "float64"}, "dtype": "float32", "kernel_size": 1}
+    assert_problem(client.post("/pool/max1d", json=flat), 422, loc=["body", "dtype"])
+
+
+def test_protocol_errors_from_the_router_carry_the_error_member(client):
+    for response in (client.get("/v2/models/max2d/nothing"), client.post("/v2/models/max2d")):
+        problem = response.json()
+        assert response.status_code in (404, 405) and problem["error"] == problem["detail"]

@@ -63,6 +63,19 @@ ATTACKS = [
     # A dilated sum walks its kernel in Python: each step counts.
     ("avg1d", {"input": [[[1.0]]], "kernel_size": 4_000_000, "dilation": 2, "padding": [[0, 7_999_998]]}),
     ("lp1d", {"input": [[[1.0]]], "norm_type": 1, "kernel_size": 200_000, "dilation": 2, "padding": [[0, 399_998]]}),
+    # A dilated sum walks each dimension's kernel over what the previous one left.
+    (
+        "avg2d",
+        {
+            "input": ONE_PIXEL,
+            "kernel_size": [1000, 2],
+            "dilation": [1, 16000],
+            "padding": [[999, 999], [16000, 0]],
+            "stride": 1,
+        },
+    ),
+    # Uneven pads applied as torch's wider symmetric padding: all its windows count.
+    ("max2d", {"input": [[[[0.0] * 300] * 300]], "kernel_size": 600, "stride": 1, "padding": [[0, 300], [0, 300]]}),
     # k^4 window cells from one pixel: every window of k x k over pads of k - 1.
     ("max2d", {"input": ONE_PIXEL, "kernel_size": 350, "stride": 1, "padding": [[349, 349]] * 2}),
 ]
