@@ -28,7 +28,7 @@ from app.inference import inference_router
 from app.openapi import schema_builder
 from app.operations import OPERATIONS, Operation
 from app.pipeline import PlanCache, Runtime
-from app.requests import BodyBudget, BodyPace
+from app.requests import BodyBudget, BodyPace, PaceKeeper
 from app.routes import catalogue_router, install_error_handlers, service_router
 from app.settings import Settings
 from app.telemetry import AccessLog, Metrics, configure_logging
@@ -122,7 +122,7 @@ def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runti
         bodies=BodyBudget(
             2 * settings.max_body_bytes * (settings.max_concurrency + settings.max_queue), settings.retry_after_s
         ),
-        pace=BodyPace(settings.body_timeout_s, settings.body_min_rate),
+        pace=PaceKeeper(BodyPace(settings.body_timeout_s, settings.body_min_rate)),
         inline_max_bytes=settings.inline_max_bytes,
         inline_max_work=settings.inline_max_work,
         metrics=metrics,

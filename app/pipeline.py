@@ -37,7 +37,7 @@ from app.negotiation import JSON
 from app.operations import Operation
 from app.params import PoolParams
 from app.planning import Plan
-from app.requests import BodyBudget, BodyPace, Incoming, disconnected, read_body
+from app.requests import BodyBudget, Incoming, PaceKeeper, disconnected, read_body
 from app.telemetry import AccessLog, Metrics
 
 log = logging.getLogger("app.pipeline")
@@ -54,7 +54,7 @@ class Runtime:
     max_body_bytes: int
     plans: PlanCache
     bodies: BodyBudget
-    pace: BodyPace
+    pace: PaceKeeper
     inline_max_bytes: int
     inline_max_work: int
     metrics: Metrics

@@ -120,23 +120,48 @@ class BodyPace:
         return started + min(self.timeout_s, self.grace_s + received / self.min_rate)
 
 
-class _Late:
-    """Stops a body's reader that has run past its pace (a timer's callback: one handle
-    per chunk costs far less than a timeout context per request)."""
+class _Read:
+    __slots__ = ("late", "received", "started")
 
-    __slots__ = ("fired", "reader")
-
-    def __init__(self, reader: asyncio.Task[object] | None) -> None:
-        self.reader = reader
-        self.fired = False
-
-    def __call__(self) -> None:
-        if self.reader is not None:
-            self.fired = True
-            self.reader.cancel()
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.received = 0
+        self.late = False
 
 
-async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, pace: BodyPace) -> bytearray:
+class PaceKeeper:
+    """Keeps every body read to its pace: one sweep every `interval` seconds stops the
+    reads that have fallen behind (a timer per read would cost more than pooling a
+    small tensor). A read is stopped at most `interval` seconds past its deadline."""
+
+    def __init__(self, pace: BodyPace, interval: float = 0.25) -> None:
+        self.pace = pace
+        self.interval = interval
+        self._reads: dict[asyncio.Task[Any], _Read] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch(self, reader: asyncio.Task[Any], loop: asyncio.AbstractEventLoop) -> _Read:
+        read = self._reads[reader] = _Read(loop.time())
+        sweeper = self._sweeper
+        if sweeper is None or sweeper.done() or sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep(loop))
+        return read
+
+    def forget(self, reader: asyncio.Task[Any]) -> None:
+        self._reads.pop(reader, None)
+
+    async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._reads:
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            for reader, read in list(self._reads.items()):
+                if now >= self.pace.deadline(read.started, read.received):
+                    read.late = True
+                    del self._reads[reader]
+                    reader.cancel()
+
+
+async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, keeper: PaceKeeper) -> bytearray:
     """The body, refused as soon as it is known to exceed `limit` bytes (a declared
     Content-Length before anything is read), the shared budget (taken as bytes
     arrive: a declared size reserves nothing) or its pace (408). The caller gives
@@ -149,11 +174,9 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, pace: Bo
     body = budget.buffer(size) if size is not None else bytearray()
     bound = size if size is not None else limit
     received, more = 0, True
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     reader = asyncio.current_task()
-    late = _Late(reader)
-    timer = loop.call_at(pace.deadline(started, 0), late)
+    assert reader is not None
+    read = keeper.watch(reader, asyncio.get_running_loop())
     try:
         while more:
             chunk, more = await _chunk(incoming.receive)
@@ -168,14 +191,13 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, pace: Bo
             else:
                 body[received : received + count] = chunk
             received += count
-            if more:
-                timer.cancel()
-                timer = loop.call_at(pace.deadline(started, received), late)
+            read.received = received
     except asyncio.CancelledError:
         budget.give_back(received)
-        if not late.fired or reader is None:
+        if not read.late:
             raise
         reader.uncancel()
+        pace = keeper.pace
         raise BodyTooSlow(
             f"the body did not arrive in time: {received} bytes in {pace.timeout_s:g} s at most, "
             f"at {pace.min_rate:g} bytes a second at least",
@@ -185,7 +207,7 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, pace: Bo
         budget.give_back(received)
         raise
     finally:
-        timer.cancel()
+        keeper.forget(reader)
     if size is not None and received != size:
         budget.give_back(received)
         raise UndecodableBody("the body is shorter than its Content-Length")

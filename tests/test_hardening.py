@@ -224,10 +224,10 @@ def test_hostile_bodies_get_a_clean_4xx_and_the_server_carries_on(client, body, 
 
 
 def test_request_bodies_in_flight_share_one_budget():
-    from app.requests import BodyBudget, BodyPace, Incoming, read_body
+    from app.requests import BodyBudget, BodyPace, Incoming, PaceKeeper, read_body
 
     budget = BodyBudget(2000, retry_after_s=3)
-    pace = BodyPace(timeout_s=60, min_rate=1)
+    pace = PaceKeeper(BodyPace(timeout_s=60, min_rate=1))
     hold = asyncio.Event()
 
     def arriving(first: bytes):
