@@ -92,6 +92,22 @@ def make_client() -> Iterator[Callable[..., Client]]:
         test_client.close()
 
 
+def json_post_scope(path: str, length: int) -> dict:
+    """The ASGI scope of a JSON POST of `length` bytes, for tests that drive the app's
+    `receive` and `send` themselves."""
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(length).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     np.save(out, array, allow_pickle=False)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from app import pipeline
-from tests.conftest import assert_problem, npy_bytes
+from tests.conftest import assert_problem, json_post_scope, npy_bytes
 
 NPY = {"content-type": "application/x-npy"}
 NPZ = {"content-type": "application/x-npz"}
@@ -193,17 +193,7 @@ def test_a_request_cut_off_by_shutdown_gets_a_problem_503(client, monkeypatch):
         async def send(message):
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/pool/max2d",
-            "raw_path": b"/pool/max2d",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
+        scope = json_post_scope("/pool/max2d", len(body))
         task = asyncio.ensure_future(client.app(scope, receive, send))
         while not started.is_set():
             await asyncio.sleep(0.01)

@@ -10,21 +10,9 @@ import time
 import httpx
 import orjson
 
+from tests.conftest import json_post_scope
+
 SMALL = {"input": [[[[1.0, 2.0], [3.0, 4.0]]]], "kernel_size": 2}
-
-
-def _scope(length: int) -> dict:
-    return {
-        "type": "http",
-        "method": "POST",
-        "path": "/pool/max2d",
-        "raw_path": b"/pool/max2d",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(length).encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
 
 
 async def _trickle(app, length: int, every: float, sent: list[dict]) -> None:
@@ -37,7 +25,7 @@ async def _trickle(app, length: int, every: float, sent: list[dict]) -> None:
     async def send(message):
         sent.append(message)
 
-    await app(_scope(length), receive, send)
+    await app(json_post_scope("/pool/max2d", length), receive, send)
 
 
 def _status(sent: list[dict]) -> tuple[int, dict]:
