@@ -18,7 +18,7 @@ import asyncio
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ClientGone, NotFound, ProblemError, shown
+from app.errors import ClientGone, NotFound, ProblemError, cut, shown
 from app.inference import decode_oip
 from app.native import decode_native
 from app.paths import compute_target
@@ -46,7 +46,7 @@ class PoolEndpoint:
         if scope["method"] != "POST":
             response = problem_response(
                 405,
-                f"{shown(scope['method'])} is not allowed on {shown(scope['path'], 200)}",
+                f"{cut(scope['method'], 20)} is not allowed on {cut(scope['path'])}",
                 headers={"Allow": "POST"},
                 v2=protocol,
             )

@@ -31,6 +31,11 @@ from pydantic import ValidationError
 Loc = tuple[str | int, ...]
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """A header or path as an error message quotes it: as it came, cut to a prefix."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def shown(value: object, limit: int = 40) -> str:
     """A client's value as an error message quotes it: its repr, cut to a short prefix."""
     text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit]) + "…"

@@ -3,7 +3,7 @@ answer takes. Plain functions of header values; no web framework."""
 
 from __future__ import annotations
 
-from app.errors import NotAcceptable, UnsupportedMediaType, shown
+from app.errors import NotAcceptable, UnsupportedMediaType, cut
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -29,7 +29,7 @@ def body_kind(content_type: str | None) -> str:
         raise UnsupportedMediaType(
             "the body was sent as a form (curl -d without a type); send Content-Type: application/json"
         )
-    raise UnsupportedMediaType(f"Content-Type {shown(media)} is not accepted; send {JSON}, {NPY} or {NPZ}")
+    raise UnsupportedMediaType(f"Content-Type {cut(media)} is not accepted; send {JSON}, {NPY} or {NPZ}")
 
 
 def _ranges(accept: str) -> list[tuple[str, float]]:
@@ -70,6 +70,6 @@ def negotiate(accept: str | None, default: str) -> str:
     quality, _, offer = max(scored, key=lambda s: (s[0], s[1]))
     if quality <= 0:
         raise NotAcceptable(
-            f"Accept: {shown(accept)} names nothing this service produces; it offers {', '.join(OFFERED)}"
+            f"Accept: {cut(accept)} names nothing this service produces; it offers {', '.join(OFFERED)}"
         )
     return offer

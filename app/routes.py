@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from app import __version__
 from app.dtypes import DTYPES
-from app.errors import ProblemError, shown
+from app.errors import ProblemError, cut
 from app.negotiation import JSON
 from app.operations import Operation
 from app.params import TENSOR_SCHEMA
@@ -138,9 +138,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail
         if exc.status_code == 404:
-            detail = f"nothing at {shown(request.url.path, 200)}; GET /pool lists the operations"
+            detail = f"nothing at {cut(request.url.path)}; GET /pool lists the operations"
         elif exc.status_code == 405:
-            detail = f"{shown(request.method)} is not allowed on {shown(request.url.path, 200)}"
+            detail = f"{cut(request.method, 20)} is not allowed on {cut(request.url.path)}"
         v2 = request.url.path.startswith("/v2/")
         return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}), v2=v2)
 
