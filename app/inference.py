@@ -119,6 +119,14 @@ def _parameters(entry: dict[str, Any], where: Loc) -> dict[str, Any]:
     return parameters
 
 
+def _flag(parameters: dict[str, Any], name: str, where: Loc, default: bool = False) -> bool:
+    """A protocol flag: a JSON boolean (a string such as "false" is no flag)."""
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise protocol_error((*where, name), "is true or false")
+    return value
+
+
 def _binary(
     buffer: memoryview, offset: int, size: Any, shape: list[int], dtype: str, where: tuple[str | int, ...]
 ) -> np.ndarray:
@@ -174,7 +182,10 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
         origins.setdefault(name, ("inputs",))  # where a missing one belongs
     for name in tensors:
         fields[name] = None  # decoded here; the parameter model checks the rest
-    wanted = _requested_outputs(document.get("outputs"), operation, bool(parameters.get("binary_data_output")))
+    if offset != len(binary):
+        raise protocol_error(("inputs",), f"{len(binary) - offset} bytes of binary data follow the last input's")
+    binary_output = _flag(parameters, "binary_data_output", ("parameters",))
+    wanted = _requested_outputs(document.get("outputs"), operation, binary_output)
     if wanted is not None and "indices" in wanted and operation.family.has_indices:
         fields["return_indices"] = True
     return Decoded(fields, tensors, "parameters", JSON, _answer_encoder(document.get("id"), wanted), origins=origins)
@@ -192,7 +203,7 @@ def _requested_outputs(outputs: Any, operation: Operation, binary_default: bool)
         name = entry.get("name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or name not in names:
             raise protocol_error(("outputs", index, "name"), f"{operation.name} has the outputs {', '.join(names)}")
-        wanted[name] = bool(_parameters(entry, ("outputs", index)).get("binary_data", binary_default))
+        wanted[name] = _flag(_parameters(entry, ("outputs", index)), "binary_data", ("outputs", index), binary_default)
     return wanted
 
 

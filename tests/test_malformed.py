@@ -282,3 +282,16 @@ def test_protocol_errors_from_the_router_carry_the_error_member(client):
     for response in (client.get("/v2/models/max2d/nothing"), client.post("/v2/models/max2d")):
         problem = response.json()
         assert response.status_code in (404, 405) and problem["error"] == problem["detail"]
+
+
+def test_protocol_flags_are_booleans_and_binary_data_is_all_spoken_for(client):
+    entry = {"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    document = {"parameters": {"kernel_size": 2, "binary_data_output": "false"}, "inputs": [entry]}
+    assert_problem(client.post("/v2/models/max2d/infer", json=document), 400, detail_has="binary_data_output")
+    binary_entry = {"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+    header = orjson.dumps({"parameters": {"kernel_size": 2}, "inputs": [binary_entry]})
+    body = header + np.ones(4, np.float32).tobytes() + b"extra"
+    response = client.post(
+        "/v2/models/max2d/infer", content=body, headers={"inference-header-content-length": str(len(header))}
+    )
+    assert_problem(response, 400, detail_has="5 bytes")
