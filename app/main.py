@@ -6,6 +6,7 @@ module (as the tests do) reads no environment and starts no thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -72,7 +73,9 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
         # walk it again and again while requests allocate their lists.
         gc.collect()
         gc.freeze()
+        lag = asyncio.get_running_loop().create_task(runtime.metrics.watch_loop())
         yield
+        lag.cancel()
         runtime.executor.close()
         runtime.access_log.close()
 

@@ -7,6 +7,7 @@ its own registry, so several apps in one process (tests) do not collide.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import logging
@@ -19,12 +20,13 @@ from itertools import accumulate
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Gauge, Info, Metric
+from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, Metric
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from app import __version__
 
 REJECTED = {401: "unauthorized", 413: "too_large", 503: "overloaded"}
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -44,9 +46,23 @@ class Metrics:
             "pool_computations_in_flight", "Computations running in the pool", registry=self.registry
         )
         self.queued = Gauge("pool_queue_length", "Computations waiting for a pool slot", registry=self.registry)
+        self.loop_lag = Histogram(
+            "pool_event_loop_lag_seconds",
+            "How late the event loop ran a timer it set: what every request waited behind whatever held the loop",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         Info("pool_device", "Where the pooling runs", registry=self.registry).info(
             {"device": device, "torch_version": torch_version, "version": __version__}
         )
+
+    async def watch_loop(self, interval: float = 0.25) -> None:
+        """Measures the event loop's lag, `interval` after `interval`, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - started - interval))
 
     def observe(self, op: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         stats = self._ops.get(op)

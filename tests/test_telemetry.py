@@ -6,7 +6,9 @@ import io
 import json
 import logging
 import re
+import time
 
+import httpx
 import pytest
 
 from app.telemetry import JsonLines
@@ -112,3 +114,35 @@ def test_log_level_is_checked_at_start(level):
 
     with pytest.raises(ValueError, match="log_level"):
         Settings(log_level=level)
+
+
+def test_the_event_loop_lag_is_measured():
+    import asyncio
+
+    from app.telemetry import Metrics
+
+    metrics = Metrics("cpu", "x")
+
+    async def scenario() -> None:
+        watcher = asyncio.ensure_future(metrics.watch_loop(interval=0.05))
+        await asyncio.sleep(0.12)
+        time.sleep(0.3)  # something holds the loop
+        await asyncio.sleep(0.12)
+        watcher.cancel()
+
+    asyncio.run(scenario())
+    count = metrics.registry.get_sample_value("pool_event_loop_lag_seconds_count")
+    total = metrics.registry.get_sample_value("pool_event_loop_lag_seconds_sum")
+    assert count >= 3 and 0.2 < total < 1.0
+
+
+def test_a_running_server_exports_its_event_loop_lag(server):
+    count = 0.0
+    for _ in range(50):  # measured four times a second from the server's start
+        text = httpx.get(f"{server}/metrics", timeout=5).text
+        line = next(line for line in text.splitlines() if line.startswith("pool_event_loop_lag_seconds_count"))
+        count = float(line.split()[-1])
+        if count >= 1:
+            break
+        time.sleep(0.1)
+    assert count >= 1
