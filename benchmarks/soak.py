@@ -185,6 +185,18 @@ async def soak(port: int, seconds: float, limit: int, clients: int) -> dict[str,
     return {"seconds": elapsed, "requests": sent, "statuses": statuses, "wrong": wrong, "dropped": dropped}
 
 
+def loop_lag(port: int) -> dict[str, float]:
+    """The server's event-loop lag histogram, cumulative: bucket bound -> samples, and the sum."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    figures = {}
+    for line in text.splitlines():
+        if line.startswith("pool_event_loop_lag_seconds_bucket"):
+            figures[line.split('le="')[1].split('"')[0]] = float(line.split()[-1])
+        elif line.startswith("pool_event_loop_lag_seconds_sum"):
+            figures["sum"] = float(line.split()[-1])
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=300)
@@ -195,9 +207,9 @@ def main() -> None:
     with server("app.main:app", args.threads) as (port, pid):
         # warm up once, then measure
         asyncio.run(soak(port, 2, 200, 4))
-        before = memory_mib(pid)
+        before, lag_before = memory_mib(pid), loop_lag(port)
         result = asyncio.run(soak(port, args.seconds, args.requests, args.clients))
-        after = memory_mib(pid)
+        after, lag_after = memory_mib(pid), loop_lag(port)
     seconds = float(result["seconds"])  # type: ignore[arg-type]
     requests = int(result["requests"])  # type: ignore[call-overload]
     print(f"{requests} requests in {seconds:.0f} s from {args.clients} clients: {requests / seconds:.0f} requests/s")
@@ -205,6 +217,11 @@ def main() -> None:
     print("wrong answers:", sum(result["wrong"].values()), dict(result["wrong"]))  # type: ignore[attr-defined]
     print("dropped connections:", result["dropped"])
     print(f"server memory: {before:.0f} MiB before, {after:.0f} MiB after")
+    lag = {bound: lag_after[bound] - lag_before.get(bound, 0.0) for bound in lag_after}
+    samples = lag.pop("+Inf")
+    total = lag.pop("sum")
+    within = ", ".join(f"{float(bound) * 1000:g} ms: {count / samples:.1%}" for bound, count in lag.items())
+    print(f"event-loop lag, {samples:.0f} samples: mean {total / samples * 1000:.2f} ms; within {within}")
 
 
 if __name__ == "__main__":
