@@ -9,8 +9,8 @@
    on each device (synchronised), and end to end, a .npy body through a running
    server on each device.
 
-    POOL_DEVICE=cuda python benchmarks/gpu_check.py     # on a GPU machine
-    POOL_DEVICE=cpu python benchmarks/gpu_check.py      # a dry run: the CPU against itself
+    POOL_DEVICE=cuda python -m benchmarks.gpu_check     # on a GPU machine
+    POOL_DEVICE=cpu python -m benchmarks.gpu_check      # a dry run: the CPU against itself
 
 Exits non-zero if any answer disagrees.
 """

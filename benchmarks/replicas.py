@@ -1,7 +1,7 @@
 """Requests per second of the small workload (W1: max2d k=2 on 1x1x4x4, nested JSON,
 return_indices) through nginx, with 1, 2 and 3 replicas on loopback ports.
 
-    python benchmarks/replicas.py [--seconds 10] [--connections 64]
+    python -m benchmarks.replicas [--seconds 10] [--connections 64]
 
 Needs Debian's nginx and wrk. Each replica is one uvicorn process with one torch
 thread; on this 2-core machine nginx, wrk and the replicas share the two cores,

@@ -7,7 +7,7 @@ hostile request must get its exact 4xx. It stops by itself after --seconds or
 status, wrong answers (must be 0), dropped connections and the server's memory
 before and after.
 
-    python benchmarks/soak.py [--seconds 300] [--requests 1000000] [--clients 64]
+    python -m benchmarks.soak [--seconds 300] [--requests 1000000] [--clients 64]
 """
 
 from __future__ import annotations
