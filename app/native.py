@@ -39,9 +39,9 @@ def decode_native(operation: Operation, raw: bytearray, request: Incoming, runti
 def encode_answer(job: Job[Answer], out: np.ndarray, indices: np.ndarray | None) -> Answer:
     seed = job.params.seed()
     headers = {"X-Random-Seed": str(seed)} if seed is not None else None
-    if job.media_type == NPY:
+    if job.decoded.media_type == NPY:
         return Answer(codecs.encode_npy(out), NPY, headers)
-    if job.media_type == NPZ:
+    if job.decoded.media_type == NPZ:
         arrays = {"output": out} if indices is None else {"output": out, "indices": indices}
         return Answer(codecs.encode_npz(arrays), NPZ, headers)
     dtype, encoding = job.tensors["input"].dtype, job.encoding

@@ -92,11 +92,9 @@ class Job(Generic[R]):
     layout: Layout
     plan: Plan
     tensors: dict[str, Tensor]
-    media_type: str
     encoding: str
     executor: Executor
     decoded: Decoded[R]
-    elements: int  # in the tensors and the output: how much work this is
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,7 @@ def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job
         extra_shapes = {name: tensors[name].array.shape for name in family.extra_tensors}
         layout = check_input(operation, params, x.array.shape, x.dtype, extra_shapes)
         plan = plan_output(operation, params, layout.canonical_shape(x.array.shape), runtime.limits)
-        elements = sum(tensor.array.size for tensor in tensors.values()) + math.prod(plan.out_shape)
-        prepared = Prepared(params, layout, plan, elements)
+        prepared = Prepared(params, layout, plan)
         if key is not None:
             runtime.plans.put(key, prepared)
     assert x is not None
@@ -196,11 +193,9 @@ def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job
         prepared.layout,
         prepared.plan,
         tensors,
-        decoded.media_type,
         encoding,
         runtime.executor,
         decoded,
-        prepared.elements,
     )
 
 
@@ -287,7 +282,6 @@ class Prepared:
     params: PoolParams
     layout: Layout
     plan: Plan
-    elements: int
 
 
 class PlanCache:

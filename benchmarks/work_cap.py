@@ -24,6 +24,7 @@ import torch
 
 from app.codecs import Limits, Tensor
 from app.execution import Executor
+from app.layout import Layout
 from app.operations import OPERATIONS
 from app.pipeline import Job, compute, plan_output
 from app.settings import Settings
@@ -138,10 +139,8 @@ def main() -> None:
             plane = math.prod(plan.sizes)
             flat = rng.integers(0, plane, size=shape, dtype=np.int64)
             tensors["indices"] = Tensor(flat, "int64", "npy")
-        from app.layout import Layout
-
         layout = Layout(operation.rank, True, False)
-        job = Job(operation, model.seeded(), layout, plan, tensors, "application/x-npy", "npy", executor, None, 0)  # type: ignore[arg-type]
+        job = Job(operation, model.seeded(), layout, plan, tensors, "npy", executor, None)  # type: ignore[arg-type]
         with torch.inference_mode():
             started = time.perf_counter()
             compute(job)
