@@ -1,8 +1,11 @@
-"""Where and how the pooling runs: the device, a bounded thread pool, inference mode.
+"""Where and how the pooling runs: the device, a bounded thread pool, inference mode,
+and stopping a computation that nobody waits for any more.
 
 Computation leaves the event loop for a pool of `max_concurrency` threads, so
 the server keeps answering while tensors are pooled. Arrays go to the device
-once and come back once.
+once and come back once. A thread cannot be killed, so a long computation runs
+in pieces and calls `checkpoint()` between them: when its request timed out or
+its client left, the next checkpoint ends it and its slot is free again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
 
 
 _INFERENCE = threading.local()
+_RUNNING = threading.local()  # `stop`: the event that ends the computation this thread runs
+
+
+class Stopped(Exception):
+    """A computation ended at a checkpoint: its request timed out or its client left."""
+
+
+def checkpoint() -> None:
+    """Between two pieces of a computation: end it here if nobody waits for it any more."""
+    stop = getattr(_RUNNING, "stop", None)
+    if stop is not None and stop.is_set():
+        raise Stopped
 
 
 class DeviceUnavailable(RuntimeError):
@@ -65,14 +80,15 @@ class Executor:
         self.taken = 0  # computations running or waiting; touched only on the event loop
 
     async def run(self, fn: Callable[..., T], *args: Any, gone: Callable[[], Awaitable[None]] | None = None) -> T:
-        """`fn(*args)` in inference mode, in the bounded pool. If `gone()` finishes
-        first (the client disconnected), the work is dropped if it has not started,
-        and its result is never awaited if it has."""
+        """`fn(*args)` in inference mode, in the bounded pool. If the request's time
+        runs out or `gone()` finishes first (the client disconnected), the work is
+        dropped if it has not started, and stopped at its next checkpoint if it has."""
         if self.taken >= self._capacity:
             raise Overloaded("every compute slot and queue place is taken; retry shortly", headers=self._retry_after)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pool")
-        work = self._pool.submit(self._inference, fn, *args)
+        stop = threading.Event()
+        work = self._pool.submit(self._stoppable, stop, fn, *args)
         future = asyncio.wrap_future(work)
         self.taken += 1
         # The slot frees when the thread is done with it, not when the client gives up.
@@ -89,12 +105,23 @@ class Executor:
         if future in done:
             return future.result()
         work.cancel()  # at once, not on a later loop turn: if it has not started, it never will
+        stop.set()  # if it has, it ends at its next checkpoint and frees its slot
         if watcher is not None and watcher in done:
             raise ClientGone
         raise TimedOut(f"the computation took longer than {self._timeout} s")
 
-    def _release(self, _: asyncio.Future[Any]) -> None:
+    def _release(self, future: asyncio.Future[Any]) -> None:
         self.taken -= 1
+        if not future.cancelled():
+            future.exception()  # read, so a stopped computation's ending is not logged as lost
+
+    @classmethod
+    def _stoppable(cls, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
+        _RUNNING.stop = stop
+        try:
+            return cls._inference(fn, *args)
+        finally:
+            _RUNNING.stop = None
 
     def inline(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in inference mode, here: for work of microseconds."""
@@ -152,3 +179,58 @@ def with_fallbacks(compute: Callable[..., Any], x: torch.Tensor, params: Any, pl
     if x.device.type != "cpu" and not x.is_floating_point():
         return compute(x.cpu(), params, plan, {name: value.cpu() for name, value in extra.items()})
     raise NotImplementedError(f"no kernel for {x.dtype} on {x.device}")
+
+
+PIECE_WORK = 1 << 25  # cells a piece visits: tens of milliseconds, so a stop takes effect about that soon
+
+Piece = tuple[slice, ...]
+
+
+def pieces(batch: int, channels: int, work: int) -> list[Piece] | None:
+    """How to split a computation of `work` cells over `batch` x `channels` planes into
+    pieces of about `PIECE_WORK`: whole batch entries where a piece holds several,
+    runs of channels within one entry where it does not; None when one piece does.
+    A plane is never split, so the longest piece is one plane's work, which the
+    work cap bounds."""
+    planes = batch * channels
+    if work <= PIECE_WORK or planes <= 1:
+        return None
+    per_piece = max(1, PIECE_WORK // -(-work // planes))  # planes in a piece
+    if per_piece >= planes:
+        return None
+    if per_piece >= channels:
+        step = per_piece // channels
+        return [(slice(n, n + step),) for n in range(0, batch, step)]
+    return [(slice(n, n + 1), slice(c, c + per_piece)) for n in range(batch) for c in range(0, channels, per_piece)]
+
+
+def in_pieces(compute: Callable[..., Any], x: torch.Tensor, params: Any, plan: Any, extra: dict[str, Any]) -> Any:
+    """`with_fallbacks(compute, ...)` over the planes of `x`, piece by piece, with a
+    checkpoint before each: the planes are independent, so the pieces' results,
+    put side by side, are the whole's."""
+    split = pieces(x.shape[0], x.shape[1], plan.work)
+    if split is None:
+        return with_fallbacks(compute, x, params, plan, extra)
+    outs: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    for piece in split:
+        checkpoint()
+        out, where = with_fallbacks(compute, x[piece], params, plan, {name: t[piece] for name, t in extra.items()})
+        if outs is None:
+            outs = out.new_empty((*x.shape[:2], *out.shape[2:]))
+            indices = where.new_empty((*x.shape[:2], *where.shape[2:])) if where is not None else None
+        outs[piece] = out
+        if indices is not None:
+            indices[piece] = where
+        _settle(out)
+    assert outs is not None
+    return outs, indices
+
+
+def _settle(tensor: torch.Tensor) -> None:
+    """Wait for the device to finish a piece: a GPU runs work queued ahead, and a
+    checkpoint that only queued pieces would stop nothing."""
+    if tensor.device.type == "cuda":
+        torch.cuda.synchronize(tensor.device)
+    elif tensor.device.type == "mps":
+        torch.mps.synchronize()

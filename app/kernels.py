@@ -7,6 +7,11 @@ operation, torch computes it; what torch lacks (padding forms, dilation in avg
 and Lp, integer adaptive max) is built from torch tensor operations in
 `app.windows` and here. Batch, layout and index layout are the pipeline's:
 these functions know nothing of requests or encodings.
+
+A long computation runs in pieces of whole (n, c) planes (`app.execution`), so
+a compute function sees any run of planes and must not depend on where it
+lies in the batch; what does (fractional pooling's random offsets, unpooling's
+whole-tensor indices) a family's `whole` step works out first, for all planes.
 """
 
 from __future__ import annotations
@@ -247,10 +252,16 @@ def fractional_samples(seed: int, batch: int, channels: int, rank: int) -> torch
     return torch.rand(batch, channels, rank, generator=generator, dtype=torch.float64)
 
 
+def fractional_draw(x: torch.Tensor, p: FractionalParams, plan: Plan, extra: Extra) -> Extra:
+    """Every plane's window offsets, drawn for the whole tensor before it is split into pieces."""
+    assert p.random_seed is not None  # drawn by `seeded` before any computation
+    samples = fractional_samples(p.random_seed, x.shape[0], x.shape[1], len(p.kernel_size))
+    return {**extra, "samples": samples.to(x.device)}
+
+
 def fractional_compute(x: torch.Tensor, p: FractionalParams, plan: Plan, extra: Extra) -> Result:
     rank = len(p.kernel_size)
-    assert p.random_seed is not None  # drawn by `seeded` before any computation
-    samples = fractional_samples(p.random_seed, x.shape[0], x.shape[1], rank).to(device=x.device, dtype=x.dtype)
+    samples = extra["samples"].to(dtype=x.dtype)
     out, indices = _FRACTIONAL[rank](
         x, p.kernel_size, output_size=list(plan.sizes), return_indices=True, _random_samples=samples
     )
@@ -260,7 +271,9 @@ def fractional_compute(x: torch.Tensor, p: FractionalParams, plan: Plan, extra: 
 # ---------------------------------------------------------------- unpooling
 
 
-def unpool_compute(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -> Result:
+def unpool_check(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -> Extra:
+    """The indices as positions within each plane, all checked, for the whole tensor
+    before it is split into pieces."""
     plane = math.prod(plan.sizes)
     indices = extra["indices"].flatten(2)
     if p.global_indices():
@@ -273,9 +286,13 @@ def unpool_compute(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -
         if low < 0 or high >= plane:
             where = "outside its (n, c) plane" if p.global_indices() else f"outside the plane of {plane}"
             raise InvalidParameters.at(("indices",), f"an index lies {where} (output spatial size {list(plan.sizes)})")
+    return {**extra, "indices": indices}
+
+
+def unpool_compute(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -> Result:
     flat = x.flatten(2)
-    out = torch.zeros((*flat.shape[:2], plane), dtype=x.dtype, device=x.device)
+    out = torch.zeros((*flat.shape[:2], math.prod(plan.sizes)), dtype=x.dtype, device=x.device)
     # scatter_reduce with amax is deterministic where indices repeat (the largest
     # value wins); torch's max_unpool leaves that case unspecified.
-    out.scatter_reduce_(2, indices, flat, reduce="amax", include_self=False)
+    out.scatter_reduce_(2, extra["indices"], flat, reduce="amax", include_self=False)
     return out.reshape(*x.shape[:2], *plan.sizes), None

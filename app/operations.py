@@ -46,6 +46,7 @@ P = TypeVar("P", bound=PoolParams)
 Result = tuple["torch.Tensor", "torch.Tensor | None"]
 PlanFn = Callable[[P, Shape], Plan]
 ComputeFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], Result]
+WholeFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], "dict[str, torch.Tensor]"]
 
 
 class Kernel:
@@ -55,14 +56,14 @@ class Kernel:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._function: Callable[..., Result] | None = None
+        self._function: Callable[..., Any] | None = None
 
-    def resolve(self) -> Callable[..., Result]:
+    def resolve(self) -> Callable[..., Any]:
         if self._function is None:
             self._function = getattr(importlib.import_module("app.kernels"), self.name)
         return self._function
 
-    def __call__(self, x: torch.Tensor, params: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Result:
+    def __call__(self, x: torch.Tensor, params: Any, plan: Plan, extra: dict[str, torch.Tensor]) -> Any:
         return self.resolve()(x, params, plan, extra)
 
     def __repr__(self) -> str:
@@ -81,6 +82,9 @@ class Family(Generic[P]):
     dtypes: tuple[str, ...] = FLOAT_DTYPES
     has_indices: bool = False  # argmax indices on request
     extra_tensors: tuple[str, ...] = ()  # tensors besides `input`
+    # Before the planes are split into pieces: what depends on the whole tensor, as
+    # extra tensors that are split along with it (`app.kernels`).
+    whole: WholeFn[P] | None = None
     examples: Callable[[int], dict[str, dict[str, Any]]] = field(default=lambda rank: {})
     meaning: str = ""  # what it computes and what it is for, for the docs
 
@@ -108,6 +112,12 @@ class Operation:
         """The family's compute function itself, imported on first use."""
         compute = self.family.compute
         return compute.resolve() if isinstance(compute, Kernel) else compute
+
+    @cached_property
+    def whole(self) -> WholeFn[Any] | None:
+        """The family's whole-tensor step, if it has one, imported on first use."""
+        whole = self.family.whole
+        return whole.resolve() if isinstance(whole, Kernel) else whole
 
     @property
     def method(self) -> str:
@@ -227,6 +237,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         planning.fractional_plan,
         Kernel("fractional_compute"),
         has_indices=True,
+        whole=Kernel("fractional_draw"),
         examples=examples.fractional_examples,
         meaning=(
             "Max pooling by a non-integer factor: pseudo-random window sizes of 1 or 2 steps, fixed by "
@@ -243,6 +254,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         Kernel("unpool_compute"),
         dtypes=DTYPES,
         extra_tensors=("indices",),
+        whole=Kernel("unpool_check"),
         examples=examples.unpool_examples,
         meaning=(
             "The partial inverse of max pooling: each value goes back to the position its `indices` name, "

@@ -30,7 +30,7 @@ from app import codecs
 from app.codecs import Limits, Tensor
 from app.dtypes import FLOAT_DTYPES
 from app.errors import InvalidParameters, Loc, TooLarge, validation_problem
-from app.execution import Executor, to_numpy, with_fallbacks
+from app.execution import Executor, checkpoint, in_pieces, to_numpy
 from app.layout import Layout, global_indices
 from app.lifecycle import Lifecycle
 from app.negotiation import JSON
@@ -146,7 +146,9 @@ def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
 
 
 def _whole(operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R]) -> R:
-    job = prepare(operation, decoder(operation, raw, request, runtime), runtime)
+    decoded = decoder(operation, raw, request, runtime)
+    checkpoint()  # decoding a large body takes a while: the client may be gone
+    job = prepare(operation, decoded, runtime)
     return finish(job) if isinstance(job, Job) else job
 
 
@@ -205,6 +207,7 @@ def finish(job: Job[R]) -> R:
         out, indices = compute(job)
     except InvalidParameters as problem:
         raise problem.located(job.decoded.locate, job.decoded.source) from None
+    checkpoint()
     return job.decoded.encode(job, out, indices)
 
 
@@ -263,7 +266,9 @@ def compute(job: Job[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         for name in operation.family.extra_tensors
     }
     try:
-        out, indices = with_fallbacks(operation.kernel, tensor, params, job.plan, extra)
+        if operation.whole is not None:
+            extra = operation.whole(tensor, params, job.plan, extra)
+        out, indices = in_pieces(operation.kernel, tensor, params, job.plan, extra)
     except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
         # The pre-checks should have caught this; never let it become a 500.
         log.warning("%s refused by torch after validation: %s", operation.name, exc)

@@ -1,0 +1,118 @@
+"""Computations that can be stopped: a long one runs in pieces of whole planes with a
+checkpoint between them, so a request that ran out of time (504) or whose client
+left frees its compute slot within about a piece's time, not when the work is done;
+and the pieces, put together, are exactly the whole."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app import execution
+from app.operations import OPERATIONS
+from tests.conftest import assert_problem, json_post_scope
+from tests.test_ops import DTYPE_MATRIX, MATRIX, check_case
+
+
+def _long(planes: int, kernel: int = 100) -> dict:
+    """max2d over `planes` one-pixel planes, each with kernel**4 window cells to visit."""
+    pad = kernel - 1
+    return {
+        "input": [[[[float(c)]] for c in range(planes)]],
+        "kernel_size": kernel,
+        "stride": 1,
+        "padding": [[pad, pad], [pad, pad]],
+    }
+
+
+def _pooled(kernel: int = 40) -> dict:
+    """A small request whose work is over the inline limit: it needs a compute slot."""
+    return {"input": [[[[1.0, 2.0], [3.0, 4.0]]]], "kernel_size": kernel, "stride": 1, "padding": [[39, 39]] * 2}
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 10**12))
+def test_pieces_cover_every_plane_once_in_order(batch, channels, work):
+    split = execution.pieces(batch, channels, work)
+    planes = [(n, c) for n in range(batch) for c in range(channels)]
+    if split is None:
+        return
+    covered = [
+        (n, c)
+        for piece in split
+        for n in range(batch)[piece[0]]
+        for c in range(channels)[piece[1] if len(piece) > 1 else slice(None)]
+    ]
+    assert covered == planes
+    per_plane = -(-work // (batch * channels))
+    for piece in split:
+        size = len(range(batch)[piece[0]]) * (len(range(channels)[piece[1]]) if len(piece) > 1 else channels)
+        assert size == 1 or size * per_plane <= execution.PIECE_WORK
+
+
+@pytest.fixture
+def tiny_pieces(monkeypatch):
+    """Every computation split into single planes."""
+    monkeypatch.setattr(execution, "PIECE_WORK", 1)
+
+
+@pytest.mark.parametrize(("op", "case"), MATRIX)
+def test_pieces_give_the_whole_answer(client, tiny_pieces, op, case):
+    check_case(client, OPERATIONS[op], case, "json")
+
+
+@pytest.mark.parametrize(("op", "case", "dtype"), DTYPE_MATRIX)
+def test_pieces_give_the_whole_answer_in_every_dtype(client, tiny_pieces, op, case, dtype):
+    form = "json" if dtype == "bfloat16" else "npz" if OPERATIONS[op].family.extra_tensors else "npy"
+    check_case(client, OPERATIONS[op], case, form, dtype, accept="application/json")
+
+
+def test_a_timed_out_computation_is_a_504_and_frees_its_slot(make_client):
+    client = make_client(max_concurrency=1, max_queue=0, request_timeout_s=0.5, max_work=10**11)
+    started = time.perf_counter()
+    response = client.post("/pool/max2d", json=_long(60))  # seconds of work, unsplit
+    assert_problem(response, 504, detail_has="longer than 0.5 s")
+    assert "retry-after" not in response.headers  # it ran: not safe to send elsewhere blindly
+    assert time.perf_counter() - started < 3
+    # The slot is free again within about a piece's time, long before the work would end.
+    deadline = time.perf_counter() + 3
+    while (status := client.post("/pool/max2d", json=_pooled()).status_code) == 503:
+        assert time.perf_counter() < deadline, "the stopped computation kept its slot"
+        time.sleep(0.05)
+    assert status == 200
+    assert client.app.state.runtime.executor.taken == 0
+
+
+def test_a_computation_whose_client_left_frees_its_slot(make_client):
+    client = make_client(max_concurrency=1, max_queue=0, max_work=10**11)
+    executor = client.app.state.runtime.executor
+    body = orjson.dumps(_long(60))
+    sent: list[dict] = []
+
+    async def scenario() -> float:
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(0.3)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await client.app(json_post_scope("/pool/max2d", len(body)), receive, send)
+        left = time.perf_counter()
+        while executor.taken:
+            await asyncio.sleep(0.02)
+        return time.perf_counter() - left
+
+    freed_after = asyncio.run(scenario())
+    assert sent == []  # nobody to answer
+    assert freed_after < 2, f"the slot stayed taken {freed_after:.2f} s after the client left"
