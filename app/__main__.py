@@ -1,5 +1,6 @@
 """`python -m app`: the service under uvicorn, with uvloop and httptools, as the
-settings say (POOL_HOST, POOL_PORT, POOL_WORKERS, POOL_DRAIN_S, POOL_SHUTDOWN_GRACE_S).
+settings say (POOL_HOST, POOL_PORT, POOL_WORKERS, POOL_DRAIN_S, POOL_SHUTDOWN_GRACE_S),
+its connections held within limits (`app.connections`).
 
 On SIGTERM (an orchestrator stopping a replica) a single worker drains first: /readyz turns
 unready at once while requests are still served for `drain_s`, so a load
@@ -16,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from app.connections import GuardedHttpProtocol
 from app.lifecycle import Lifecycle
 from app.settings import Settings
 
@@ -48,7 +50,8 @@ def main() -> None:
         "port": settings.port,
         "workers": settings.workers,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": GuardedHttpProtocol,  # httptools, within the connection limits of the settings
+        "ws": "none",
         "server_header": False,
         "access_log": False,  # the service logs each request itself, as JSON lines
         "log_level": settings.log_level,

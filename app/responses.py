@@ -5,6 +5,7 @@ finished answer sent as a plain ASGI app."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -51,6 +52,17 @@ def problem_response(
     v2: bool = False,
 ) -> Response:
     """Problem details; `v2` adds the Open Inference Protocol's `error` member."""
+    body = problem_body(status, detail, errors, request_id, v2)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_body(
+    status: int,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    request_id: str | None = None,
+    v2: bool = False,
+) -> bytes:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -63,7 +75,21 @@ def problem_response(
         body["request_id"] = request_id
     if v2:
         body["error"] = detail
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return orjson.dumps(body)
+
+
+def problem_bytes(status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """A whole HTTP/1.1 problem answer, for a connection that never reached the app
+    (its head too large, too slow or malformed): the connection closes after it."""
+    body = problem_body(status, detail)
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode()),
+        *(name + b": " + value for name, value in headers),
+        b"content-type: " + PROBLEM_JSON.encode(),
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def problem_of(error: ProblemError, v2: bool = False) -> Response:

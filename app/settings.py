@@ -66,6 +66,22 @@ class Settings(BaseSettings):
         gt=0,
         description="Bytes a second a body must arrive at, on average, after its first second; slower, a 408.",
     )
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="Largest request head (request line and headers); past it, a 431."
+    )
+    max_url_bytes: int = Field(8_192, ge=256, description="Longest request URL; past it, a 414.")
+    header_timeout_s: float = Field(
+        10,
+        gt=0,
+        description="Seconds a request's head may take to arrive, from the connection's opening or its previous "
+        "answer; past them the connection closes (with a 408 if part of a head came).",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections a server process holds; at the bound the one that has waited longest for a "
+        "request is closed, and when all have one in hand, a new connection's request gets a 503.",
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After, in seconds, on a 503.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio.from_thread
@@ -51,12 +53,14 @@ class Client:
         self.access_log.close()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The service started as the README starts it (`python -m app`), on a free loopback port."""
+@contextlib.contextmanager
+def serving(log_dir: Path, **settings: str) -> Iterator[str]:
+    """The service started as the README starts it (`python -m app`), on a free loopback
+    port, with these `POOL_*` settings besides: its base URL."""
     port = free_port()
     env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1", "POOL_PORT": str(port)}
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env.update({f"POOL_{name.upper()}": value for name, value in settings.items()})
+    log_path = log_dir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -69,6 +73,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

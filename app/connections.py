@@ -1,0 +1,198 @@
+"""HTTP/1.1 connections as `python -m app` holds them: uvicorn's httptools protocol
+with the limits a public server keeps (nginx's `large_client_header_buffers`,
+`client_header_timeout` and `worker_connections`), which uvicorn lacks:
+
+- a request's head (request line and headers) is at most `max_header_bytes` and
+  its URL at most `max_url_bytes`: past them, a 431 or a 414, and the connection
+  closes, before more of it is buffered or parsed;
+- a head must arrive within `header_timeout_s` of the connection opening or of
+  the previous answer: a connection that sends nothing is closed, one that sent
+  part of a head gets a 408;
+- at most `max_connections` are open: at the bound, the connection that has
+  waited longest for a request is closed to make room, and when every
+  connection has a request in hand, a new one's request gets a 503;
+- a head the parser cannot read gets a 400.
+
+Each of these answers is problem+json. The app's own limits (body size and pace,
+work, compute slots) are the app's; these are the connection's, and hold
+wherever `python -m app` runs, behind nginx or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.responses import problem_bytes, problem_response
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_bytes: int
+    max_url_bytes: int
+    header_timeout_s: float
+    max_connections: int
+    retry_after_s: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            settings.max_header_bytes,
+            settings.max_url_bytes,
+            settings.header_timeout_s,
+            settings.max_connections,
+            settings.retry_after_s,
+        )
+
+
+@functools.cache
+def _from_environment() -> ConnectionLimits:
+    # Each worker process reads the settings it was started with, as create_app does.
+    return ConnectionLimits.of(Settings())
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol within `ConnectionLimits` (read from the `POOL_*`
+    settings unless a subclass sets `limits`)."""
+
+    limits: ClassVar[ConnectionLimits | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = type(self).limits or _from_environment()
+        # Connections with no request in hand, longest waiting first: those to close for room.
+        self._waiting: dict[GuardedHttpProtocol, None] = self.server_state.__dict__.setdefault("waiting", {})
+        self._in_head = True  # the next bytes that arrive belong to a request's head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._over_bound = False
+
+    # ------------------------------------------------------------ the connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._wait_for_head()
+        if len(self.connections) > self._limits.max_connections:
+            oldest = next((other for other in self._waiting if other is not self), None)
+            if oldest is not None:
+                oldest._close(None)
+            else:
+                self._over_bound = True  # its request gets a 503
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _wait_for_head(self) -> None:
+        self._waiting[self] = None
+        self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timeout)
+
+    def _stop_waiting(self) -> None:
+        self._waiting.pop(self, None)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._head_bytes:
+            timeout = self._limits.header_timeout_s
+            self._close(self._problem(408, f"the request's head did not arrive within {timeout} s"))
+        else:
+            self._close(None)  # it never sent anything: nothing to answer
+
+    def _close(self, answer: bytes | None) -> None:
+        self._stop_waiting()
+        if self.transport.is_closing():
+            return
+        if answer is not None:
+            self.transport.write(answer)
+        self.transport.close()
+
+    # ------------------------------------------------------------ reading
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            while data:
+                if not self._in_head:
+                    self.parser.feed_data(data)
+                    return
+                # A head is fed no further than one byte past its limit: nothing larger is ever buffered.
+                room = self._limits.max_header_bytes - self._head_bytes + 1
+                part, data = data[:room], data[room:]
+                self._head_bytes += len(part)
+                self.parser.feed_data(part)
+                if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+                    raise _Refused(431, f"the request's head is over {self._limits.max_header_bytes} bytes")
+        except _Refused as refusal:
+            self._refuse(refusal)
+        except httptools.HttpParserUpgrade:
+            pass  # a request to upgrade (h2c, say) was served as plain HTTP/1.1, as asked first
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Refused):  # raised in a parser callback
+                self._refuse(exc.__context__)
+            else:
+                self._refuse(_Refused(400, "the request's head is not valid HTTP/1.1"))
+
+    def _refuse(self, refusal: _Refused) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request is in hand and its answer may be on its way: no second answer.
+            self._close(None)
+            return
+        self._close(self._problem(refusal.status, refusal.detail))
+
+    def _problem(self, status: int, detail: str) -> bytes:
+        return problem_bytes(status, detail, self.server_state.default_headers)  # the date, as on every answer
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(_Refused(400, "the request's head is not valid HTTP/1.1"))
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self._limits.max_url_bytes:
+            raise _Refused(414, f"the URL is over {self._limits.max_url_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._stop_waiting()
+        self._in_head = False
+        if not self._over_bound:
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, self._busy
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def _busy(self, scope: Any, receive: Any, send: Any) -> Any:
+        answer = problem_response(
+            503,
+            f"the server holds its limit of {self._limits.max_connections} connections, each with a request "
+            "in hand; retry shortly",
+            headers={"Retry-After": str(self._limits.retry_after_s), "Connection": "close"},
+        )
+        return answer(scope, receive, send)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.cycle.response_complete and self._head_timer is None:
+            self._wait_for_head()  # no pipelined request in hand: the next one's head is awaited

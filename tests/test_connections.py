@@ -1,0 +1,199 @@
+"""Connections an attacker holds cannot hold the service (`app.connections`): heads and
+URLs have size limits (431, 414) enforced before more is buffered; a connection that
+sends nothing is closed, one that sends part of a head gets a 408; the number of open
+connections is bounded, room made by closing the one that waited longest; malformed
+heads get a 400. Every answer is problem+json; keep-alive and pipelining still work."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import serving
+
+MAX_CONNECTIONS = 8
+LIMITS = {
+    "max_header_bytes": "4096",
+    "max_url_bytes": "1024",
+    "header_timeout_s": "1",
+    "max_connections": str(MAX_CONNECTIONS),
+}
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    with serving(tmp_path_factory.mktemp("guarded"), **LIMITS) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+def _connect(address: tuple[str, int], timeout: float = 5) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (or 5 s pass)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The HTTP/1.1 answers in `data`, in order: status, headers, body."""
+    found = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        found.append((int(lines[0].split()[1]), headers, rest[:length]))
+        data = rest[length:]
+    return found
+
+
+def _exchange(address: tuple[str, int], request: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    with _connect(address) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before the rest was sent; the answer is still there to read
+        return _answers(_read_all(sock))
+
+
+def _problem(answer: tuple[int, dict[str, str], bytes], status: int, says: str) -> None:
+    got, headers, body = answer
+    assert got == status, (got, body)
+    assert headers["content-type"] == "application/problem+json" and headers["connection"] == "close"
+    problem = orjson.loads(body)
+    assert problem["status"] == status and says in problem["detail"]
+    assert len(body) < 300  # nothing of what was sent is echoed
+
+
+def test_a_long_url_is_414(guarded):
+    (answer,) = _exchange(guarded, b"GET /healthz?" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    _problem(answer, 414, "URL is over 1024 bytes")
+
+
+def test_a_large_header_is_431_before_the_rest_arrives(guarded):
+    with _connect(guarded) as sock:
+        sock.sendall(b"POST /pool/max2d HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        started = time.perf_counter()
+        try:
+            for _ in range(64 * 1024):  # up to 64 MiB, stopped by the answer
+                sock.sendall(b"a" * 1024)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        (answer,) = _answers(_read_all(sock))
+    _problem(answer, 431, "head is over 4096 bytes")
+    assert time.perf_counter() - started < 3
+
+
+def test_many_small_headers_are_431(guarded):
+    headers = b"".join(b"X-%d: 1\r\n" % i for i in range(1000))
+    (answer,) = _exchange(guarded, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    _problem(answer, 431, "head is over")
+
+
+def test_a_malformed_head_is_400(guarded):
+    (answer,) = _exchange(guarded, b"\x00\x01 nonsense\r\n\r\n")
+    _problem(answer, 400, "not valid HTTP/1.1")
+
+
+def test_a_connection_that_sends_nothing_is_closed(guarded):
+    with _connect(guarded) as sock:
+        started = time.perf_counter()
+        assert _read_all(sock) == b""
+        assert 0.9 < time.perf_counter() - started < 3
+
+
+def test_a_head_trickled_past_its_time_is_408(guarded):
+    with _connect(guarded) as sock:
+        started = time.perf_counter()
+        try:
+            for byte in HEALTH[:-2]:  # a byte every 0.1 s, each in time, the whole not
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        (answer,) = _answers(_read_all(sock))
+    _problem(answer, 408, "did not arrive within 1.0 s")
+    assert time.perf_counter() - started < 3
+
+
+def test_keep_alive_and_pipelining_count_each_head_alone(guarded):
+    padding = b"X-Pad: " + b"p" * 2000 + b"\r\n"  # half the head limit, in every request
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + padding + b"\r\n"
+    with _connect(guarded) as sock:
+        for _ in range(10):
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+        sock.sendall(request * 5 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = _answers(_read_all(sock))
+    assert [status for status, _, _ in answers] == [200] * 6
+
+
+def test_at_the_bound_the_longest_waiting_connection_makes_room(guarded):
+    idle = [_connect(guarded) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        (answer,) = _exchange(guarded, HEALTH[:-2] + b"Connection: close\r\n\r\n")
+        assert answer[0] == 200
+        idle[0].settimeout(2)
+        assert idle[0].recv(10) == b""  # closed, the first opened
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_when_every_connection_has_a_request_in_hand_a_new_one_gets_503(guarded):
+    busy = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            sock = _connect(guarded)
+            # A body still on its way: a request in hand, which no room-making may close.
+            sock.sendall(
+                b"POST /pool/max2d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            busy.append(sock)
+        time.sleep(0.3)
+        (answer,) = _exchange(guarded, HEALTH)
+        status, headers, body = answer
+        assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+        assert orjson.loads(body)["status"] == 503
+    finally:
+        for sock in busy:
+            sock.close()
+    time.sleep(0.3)
+    assert httpx.get(f"http://{guarded[0]}:{guarded[1]}/healthz", timeout=5).status_code == 200
+
+
+def test_two_thousand_idle_connections_leave_the_service_answering(guarded):
+    opened = []
+    try:
+        for _ in range(2000):
+            try:
+                opened.append(socket.create_connection(guarded, timeout=5))
+            except OSError:
+                break  # the client's own descriptors ran out
+        started = time.perf_counter()
+        assert httpx.get(f"http://{guarded[0]}:{guarded[1]}/healthz", timeout=5).status_code == 200
+        assert time.perf_counter() - started < 1
+    finally:
+        for sock in opened:
+            sock.close()
