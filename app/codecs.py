@@ -16,7 +16,7 @@ import math
 import struct
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,9 +174,35 @@ def _nested_array(value: list[Any], loc: tuple[str | int, ...], limits: Limits, 
 
 def _to_array(value: list[Any], loc: tuple[str | int, ...]) -> np.ndarray:
     try:
-        return np.array(value)
+        return _assembled(value)
     except ValueError:
         raise UndecodableBody(f"{where(loc)} is ragged: every row of a dimension must have the same length") from None
+
+
+ROWS_AT_ONCE = 1 << 16  # elements np.array reads in one call: a short hold of the interpreter's lock
+
+
+def _assembled(value: list[Any]) -> np.ndarray:
+    """`np.array(value)`, read a group of rows at a time when it is large, so that no
+    call holds the interpreter's lock for long. The groups' arrays join with numpy's
+    own promotion (integers and floats: float64, as np.array gives); groups that
+    cannot join (numbers beside strings) give an object array, which is then read
+    element by element."""
+    first: Any = value
+    per_row = 1
+    while isinstance(first, list) and first:
+        first = first[0]
+        if isinstance(first, list):
+            per_row *= len(first)
+    if len(value) * per_row <= ROWS_AT_ONCE:
+        return np.array(value)
+    try:
+        if per_row > ROWS_AT_ONCE:  # rows too large for one call: each row by itself
+            return np.stack([_assembled(row) if isinstance(row, list) else np.array(row) for row in value])
+        step = ROWS_AT_ONCE // per_row
+        return np.concatenate([np.array(value[i : i + step]) for i in range(0, len(value), step)])
+    except TypeError:  # no common dtype
+        return np.empty(0, dtype=object)
 
 
 def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int) -> Any:
@@ -230,20 +256,35 @@ def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...], source: lis
 def _exact_integers(source: list[Any], shape: tuple[int, ...], dtype: str, loc: tuple[str | int, ...]) -> np.ndarray:
     """Integers mixed with floats, read one by one: JSON integers exactly, integral
     floats only below 2**53 (beyond, a float no longer says which integer it was)."""
-    values = np.array(source, dtype=object).reshape(-1)
-    exact = []
-    for value in values:
-        if type(value) is float:
-            if abs(value) >= _EXACT_IN_FLOAT:
-                raise InvalidParameters.at(
-                    loc, f"{dtype} values of 2**53 or more must be written as JSON integers, not as floats", "dtype"
-                )
-            value = int(value)
-        exact.append(value)
     info = np.iinfo(TABLE[dtype].carrier)
-    if min(exact) < info.min or max(exact) > info.max:
-        raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
-    return np.array(exact, dtype=TABLE[dtype].carrier).reshape(shape)
+
+    def exact() -> Iterator[int]:
+        for value in _leaves(source):
+            if type(value) is float:
+                if abs(value) >= _EXACT_IN_FLOAT:
+                    raise InvalidParameters.at(
+                        loc, f"{dtype} values of 2**53 or more must be written as JSON integers, not as floats", "dtype"
+                    )
+                value = int(value)
+            if not info.min <= value <= info.max:
+                raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
+            yield value
+
+    # A generator read by np.fromiter runs as Python, so other threads run between its steps.
+    return np.fromiter(exact(), dtype=TABLE[dtype].carrier, count=math.prod(shape)).reshape(shape)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    """The scalars of a nested list, in order (depth-first, without recursion)."""
+    stack = [iter([value])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
 
 
 def _integers_only(array: np.ndarray, loc: tuple[str | int, ...]) -> None:
@@ -459,9 +500,22 @@ def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def nested_json(array: np.ndarray) -> bytes:
-    """An array as nested JSON, non-finite floats as "NaN", "Infinity", "-Infinity".
+    """An array as nested JSON, non-finite floats as "NaN", "Infinity", "-Infinity";
+    a large one written a group of rows at a time, so that no call holds the
+    interpreter's lock for long."""
+    if array.ndim == 0 or array.size <= ROWS_AT_ONCE:
+        return _nested_json(array)
+    per_row = array.size // len(array)
+    if per_row > ROWS_AT_ONCE:
+        parts = [nested_json(row) for row in array]
+    else:
+        step = ROWS_AT_ONCE // per_row
+        parts = [_nested_json(array[i : i + step])[1:-1] for i in range(0, len(array), step)]
+    return b"[" + b",".join(parts) + b"]"
 
-    orjson writes non-finite floats as null, and numbers never spell null: the
+
+def _nested_json(array: np.ndarray) -> bytes:
+    """orjson writes non-finite floats as null, and numbers never spell null: the
     nulls are swapped for the names, in order, by numpy and bytes.join (C loops,
     whatever the count)."""
     array = np.ascontiguousarray(array)

@@ -20,7 +20,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from app import __version__, codecs
+from app import __version__, codecs, jsonparse
 from app.dtypes import BY_PROTOCOL, TABLE
 from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody, shown
 from app.negotiation import JSON, OCTET_STREAM, PROBLEM_JSON
@@ -49,7 +49,7 @@ def _header(raw: bytearray, request: Incoming) -> tuple[dict[str, Any], memoryvi
     else:
         length = int(declared)
     try:
-        document = orjson.loads(view[:length])
+        document = jsonparse.loads(view[:length])
     except orjson.JSONDecodeError as exc:
         raise UndecodableBody(f"the inference request is not valid JSON: {exc}") from None
     if not isinstance(document, dict):

@@ -19,7 +19,7 @@ import pybase64
 from starlette.datastructures import QueryParams
 from starlette.types import Receive
 
-from app import codecs
+from app import codecs, jsonparse
 from app.codecs import Limits, Tensor
 from app.errors import BodyTooSlow, ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody, shown
 from app.operations import Operation
@@ -228,7 +228,7 @@ def _declared_size(declared: str, limit: int) -> int:
 
 def parse_json_body(raw: bytearray) -> dict[str, Any]:
     try:
-        document = orjson.loads(raw)
+        document = jsonparse.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise UndecodableBody(f"the body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
