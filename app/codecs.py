@@ -231,7 +231,7 @@ def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...], source: lis
     if target.kind in "iu":
         if array.dtype.kind == "f":
             # 3.0 is an integer too (JSON does not tell them apart); 3.5 and NaN are not.
-            if array.size and not np.array_equal(array, np.trunc(array)):
+            if array.size and not (np.isfinite(array).all() and np.array_equal(array, np.trunc(array))):
                 raise InvalidParameters.at(loc, f"{dtype} holds integers; the values are not all integers", "dtype")
             if array.size and float(np.abs(array).max()) >= _EXACT_IN_FLOAT:
                 # numpy read the numbers through float64, which rounds integers this large.

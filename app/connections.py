@@ -78,19 +78,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes that arrive belong to a request's head
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        self._over_bound = False
 
     # ------------------------------------------------------------ the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._wait_for_head()
-        if len(self.connections) > self._limits.max_connections:
-            oldest = next((other for other in self._waiting if other is not self), None)
-            if oldest is not None:
-                oldest._close(None)
-            else:
-                self._over_bound = True  # its request gets a 503
+        self._make_room()
+
+    def _make_room(self) -> bool:
+        """Within the bound, or back within it by closing the connection that has waited
+        longest for a request; False when every other connection has a request in hand."""
+        if len(self.connections) <= self._limits.max_connections:
+            return True
+        oldest = next((other for other in self._waiting if other is not self), None)
+        if oldest is None:
+            return False
+        oldest._close(None)
+        self.connections.discard(oldest)  # gone already, though its transport reports it later
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
@@ -158,9 +164,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _problem(self, status: int, detail: str) -> bytes:
         return problem_bytes(status, detail, self.server_state.default_headers)  # the date, as on every answer
 
-    def send_400_response(self, msg: str) -> None:
-        self._refuse(_Refused(400, "the request's head is not valid HTTP/1.1"))
-
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self._limits.max_url_bytes:
@@ -169,7 +172,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_waiting()
         self._in_head = False
-        if not self._over_bound:
+        if self._make_room():
             super().on_headers_complete()
             return
         app, self.app = self.app, self._busy

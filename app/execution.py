@@ -11,6 +11,7 @@ its client left, the next checkpoint ends it and its slot is free again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 
 from app.dtypes import TABLE
-from app.errors import ClientGone, Overloaded, TimedOut
+from app.errors import ClientGone, Overloaded, ProblemError, TimedOut
 from app.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("app.execution")
 
 _HALF = (torch.float16, torch.bfloat16)
 PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
@@ -106,14 +108,13 @@ class Executor:
             return future.result()
         work.cancel()  # at once, not on a later loop turn: if it has not started, it never will
         stop.set()  # if it has, it ends at its next checkpoint and frees its slot
+        future.add_done_callback(_abandoned)
         if watcher is not None and watcher in done:
             raise ClientGone
         raise TimedOut(f"the computation took longer than {self._timeout} s")
 
-    def _release(self, future: asyncio.Future[Any]) -> None:
+    def _release(self, _: asyncio.Future[Any]) -> None:
         self.taken -= 1
-        if not future.cancelled():
-            future.exception()  # read, so a stopped computation's ending is not logged as lost
 
     @classmethod
     def _stoppable(cls, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
@@ -155,6 +156,16 @@ class Executor:
             self._pool = None
 
 
+def _abandoned(future: asyncio.Future[Any]) -> None:
+    """How a computation nobody waits for ended: stopped, or refused as a client error, is
+    expected; anything else is a bug that no answer will report, so it is logged here."""
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None and not isinstance(error, (Stopped, ProblemError)):
+        log.error("a computation whose request had gone failed", exc_info=error)
+
+
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A result back on the host; bfloat16, which numpy lacks, as float32 (exact)."""
     if tensor.dtype is torch.bfloat16:
@@ -181,7 +192,7 @@ def with_fallbacks(compute: Callable[..., Any], x: torch.Tensor, params: Any, pl
     raise NotImplementedError(f"no kernel for {x.dtype} on {x.device}")
 
 
-PIECE_WORK = 1 << 25  # cells a piece visits: tens of milliseconds, so a stop takes effect about that soon
+PIECE_WORK = 1 << 25  # cells a piece visits: small beside the work cap, large beside a piece's overhead
 
 Piece = tuple[slice, ...]
 

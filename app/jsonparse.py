@@ -17,13 +17,14 @@ bytes, so that no call holds the lock for longer than a piece takes:
   its `CONTINUED` member) continues the last one.
 
 Every byte is read by orjson in the context it has in the whole document, so
-a document is read exactly when `orjson.loads` reads it; the join refuses
-what pieces read alone would let pass (a comma followed by no value, a key
-repeated across a cut).
+a document is read exactly when `orjson.loads` reads it (a repeated key
+included: the last value, at the first key's place); the join refuses what
+pieces read alone would let pass (a comma with no value on one side).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -35,13 +36,17 @@ CONTINUED = "\x00" + secrets.token_hex(8)  # unguessable: no client can write it
 
 _LIST, _OBJECT = ord("["), ord("{")
 _STRUCTURAL = np.zeros(256, dtype=bool)
-_STRUCTURAL[[ord(c) for c in '[]{},"\\']] = True
+_STRUCTURAL[[ord(c) for c in '[]{},:"\\']] = True
 _DEPTH = np.zeros(256, dtype=np.int64)
 _DEPTH[[_LIST, _OBJECT]] = 1
 _DEPTH[[ord("]"), ord("}")]] = -1
 _CONTINUE = {_LIST: b"[", _OBJECT: b"{" + orjson.dumps(CONTINUED) + b":"}
 _START = {_LIST: b"[", _OBJECT: b"{"}
 _CLOSE = {_LIST: b"]", _OBJECT: b"}"}
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+
+# An open container: its kind (`[` or `{`) and, in an object, the key it is the value of.
+Level = tuple[int, "str | None"]
 
 
 class Unjoinable(orjson.JSONDecodeError):
@@ -57,12 +62,12 @@ def loads(buf: bytes | bytearray | memoryview) -> Any:
         return orjson.loads(buf)
     data = buf if isinstance(buf, bytes) else bytes(buf)
     document: Any = None
-    stack: list[int] = []  # the containers open where the last piece ended, outermost first
+    stack: list[Level] = []  # the containers open where the last piece ended, outermost first
     start = 0
     while True:
         end, after = _cut(data, start, stack)
-        opening = [_CONTINUE[kind] for kind in stack[:-1]] + [_START[kind] for kind in stack[-1:]]
-        text = b"".join([*opening, data[start:end], *(_CLOSE[kind] for kind in reversed(after))])
+        opening = [_CONTINUE[kind] for kind, _ in stack[:-1]] + [_START[kind] for kind, _ in stack[-1:]]
+        text = b"".join([*opening, data[start:end], *(_CLOSE[kind] for kind, _ in reversed(after))])
         part = orjson.loads(text)
         if stack:
             _join(document, part, stack)
@@ -71,7 +76,8 @@ def loads(buf: bytes | bytearray | memoryview) -> Any:
         if end == len(data):
             return document
         preceding = data[start:end].rstrip()[-1:]
-        following = data[end + 1 : end + 65].lstrip()[:1]
+        next_value = _WHITESPACE.match(data, end + 1).end()  # type: ignore[union-attr]  # it matches anywhere
+        following = data[next_value : next_value + 1]
         if preceding in (b"", b"[", b"{") or following in (b"", b"]", b"}", b","):
             raise Unjoinable("a comma without a value on each side")
         if not after:
@@ -79,7 +85,7 @@ def loads(buf: bytes | bytearray | memoryview) -> Any:
         stack, start = after, end + 1
 
 
-def _cut(data: bytes, start: int, stack: list[int]) -> tuple[int, list[int]]:
+def _cut(data: bytes, start: int, stack: list[Level]) -> tuple[int, list[Level]]:
     """Where the piece from `start` ends (at a comma outside strings, or at the document's
     end) and the containers open there."""
     size = PIECE
@@ -88,23 +94,24 @@ def _cut(data: bytes, start: int, stack: list[int]) -> tuple[int, list[int]]:
         u = np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start)
         where = np.flatnonzero(_STRUCTURAL[u])
         chars = u[where]
-        keep = _outside_strings(where, chars)
-        chars = chars[keep]
+        keep, quotes = _outside_strings(where, chars)
+        piece = _Piece(data, start, chars[keep], where[keep] + start, where[quotes] + start)
         if stop == len(data):
-            after = _open_after(chars, stack)
+            after = piece.open_after(len(piece.chars), stack)
             if after:
                 raise Unjoinable("the document ends inside a container")
             return len(data), after
-        commas = np.flatnonzero(chars == ord(","))
+        commas = np.flatnonzero(piece.chars == ord(","))
         if len(commas):
             last = int(commas[-1])
-            return start + int(where[keep][last]), _open_after(chars[:last], stack)
+            return int(piece.at[last]), piece.open_after(last, stack)
         size *= 2  # no comma outside a string yet (a long string): a longer piece
 
 
-def _outside_strings(where: np.ndarray, chars: np.ndarray) -> np.ndarray:
-    """Which of the structural characters (at `where`, in order) lie outside strings;
-    a piece starts outside every string, since it starts after a comma that does."""
+def _outside_strings(where: np.ndarray, chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the structural characters (at `where`, in order) lie outside strings,
+    and which are the quotes that open and close strings; a piece starts outside every
+    string, since it starts after a comma that does."""
     quote = chars == ord('"')
     backslash = chars == ord("\\")
     if backslash.any():
@@ -117,31 +124,51 @@ def _outside_strings(where: np.ndarray, chars: np.ndarray) -> np.ndarray:
         escaped = adjacent & (np.concatenate(([0], run_length[:-1])) % 2 == 1)
         quote &= ~escaped
     inside = np.cumsum(quote) % 2 == 1  # from an opening quote up to its closing one, exclusive
-    return ~(inside | quote)
+    return ~(inside | quote), quote
 
 
-def _open_after(chars: np.ndarray, stack: list[int]) -> list[int]:
-    """The containers open after `chars` (structural characters outside strings) when
-    `stack` was open before them."""
-    steps = _DEPTH[chars]
-    moves = np.flatnonzero(steps)
-    if not len(moves):
-        return list(stack)
-    steps, kinds = steps[moves], chars[moves]
-    depth = np.cumsum(steps)
-    lowest = min(0, int(depth.min()))
-    if -lowest > len(stack):
-        raise Unjoinable("a bracket closes nothing")
-    # An opening bracket is still open at the end when the depth never falls below it later.
-    later = np.minimum.accumulate(depth[::-1])[::-1]
-    still_open = (steps == 1) & (later >= depth)
-    return [*stack[: len(stack) + lowest], *(int(kind) for kind in kinds[still_open])]
+class _Piece:
+    """A piece's structural characters outside strings (`chars`, at `at` in the document)
+    and the quotes of its strings (at `quotes`)."""
+
+    def __init__(self, data: bytes, start: int, chars: np.ndarray, at: np.ndarray, quotes: np.ndarray) -> None:
+        self.data, self.start, self.chars, self.at, self.quotes = data, start, chars, at, quotes
+
+    def open_after(self, count: int, stack: list[Level]) -> list[Level]:
+        """The containers open after the first `count` characters, when `stack` was open before them."""
+        steps = _DEPTH[self.chars[:count]]
+        moves = np.flatnonzero(steps)
+        if not len(moves):
+            return list(stack)
+        depth = np.cumsum(steps[moves])
+        lowest = min(0, int(depth.min()))
+        if -lowest > len(stack):
+            raise Unjoinable("a bracket closes nothing")
+        # An opening bracket is still open at the end when the depth never falls below it later.
+        later = np.minimum.accumulate(depth[::-1])[::-1]
+        opened = stack[: len(stack) + lowest]
+        for index in moves[(steps[moves] == 1) & (later >= depth)]:  # at most as many as the nesting is deep
+            inside_object = bool(opened) and opened[-1][0] == _OBJECT
+            opened.append((int(self.chars[index]), self._key(int(index)) if inside_object else None))
+        return opened
+
+    def _key(self, index: int) -> str:
+        """The key whose value opens at the character `index`: the string before the colon before it."""
+        if index == 0 or self.chars[index - 1] != ord(":"):
+            raise Unjoinable("a value in an object without a key")
+        close = int(np.searchsorted(self.quotes, self.at[index - 1])) - 1
+        if close < 1:
+            raise Unjoinable("a value in an object without a key")
+        key = orjson.loads(self.data[self.quotes[close - 1] : self.quotes[close] + 1])
+        if not isinstance(key, str):
+            raise Unjoinable("a value in an object without a key")
+        return key
 
 
-def _join(document: Any, part: Any, stack: list[int]) -> None:
+def _join(document: Any, part: Any, stack: list[Level]) -> None:
     """Join `part`, read with `stack` reopened, to `document`, which was cut there."""
     into = document
-    for level, kind in enumerate(stack):
+    for level, (kind, _) in enumerate(stack):
         innermost = level == len(stack) - 1
         if kind == _LIST:
             if not (isinstance(into, list) and isinstance(part, list)):
@@ -157,17 +184,11 @@ def _join(document: Any, part: Any, stack: list[int]) -> None:
             if not (isinstance(into, dict) and isinstance(part, dict)):
                 raise Unjoinable("pieces do not join")
             if innermost:
-                _add_members(into, part)
+                into.update(part)  # a repeated key: the last value, at the first place, as orjson reads it
                 return
-            if not into or next(iter(part), None) != CONTINUED:
+            key = stack[level + 1][1]
+            if key not in into or CONTINUED not in part:
                 raise Unjoinable("pieces do not join")
-            target, first = into[next(reversed(into))], part.pop(CONTINUED)
-            _add_members(into, part)
+            target, first = into[key], part.pop(CONTINUED)
+            into.update(part)
         into, part = target, first
-
-
-def _add_members(into: dict[str, Any], members: dict[str, Any]) -> None:
-    for key, value in members.items():
-        if key in into:
-            raise Unjoinable(f"the key {key[:40]!r} is repeated")
-        into[key] = value

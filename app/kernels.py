@@ -11,7 +11,7 @@ these functions know nothing of requests or encodings.
 A long computation runs in pieces of whole (n, c) planes (`app.execution`), so
 a compute function sees any run of planes and must not depend on where it
 lies in the batch; what does (fractional pooling's random offsets, unpooling's
-whole-tensor indices) a family's `whole` step works out first, for all planes.
+whole-tensor indices) a family's `before_pieces` step works out first, for all planes.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def fractional_compute(x: torch.Tensor, p: FractionalParams, plan: Plan, extra: 
 # ---------------------------------------------------------------- unpooling
 
 
-def unpool_check(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -> Extra:
+def unpool_positions(x: torch.Tensor, p: UnpoolParams, plan: Plan, extra: Extra) -> Extra:
     """The indices as positions within each plane, all checked, for the whole tensor
     before it is split into pieces."""
     plane = math.prod(plan.sizes)

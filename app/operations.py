@@ -84,7 +84,7 @@ class Family(Generic[P]):
     extra_tensors: tuple[str, ...] = ()  # tensors besides `input`
     # Before the planes are split into pieces: what depends on the whole tensor, as
     # extra tensors that are split along with it (`app.kernels`).
-    whole: WholeFn[P] | None = None
+    before_pieces: WholeFn[P] | None = None
     examples: Callable[[int], dict[str, dict[str, Any]]] = field(default=lambda rank: {})
     meaning: str = ""  # what it computes and what it is for, for the docs
 
@@ -114,10 +114,10 @@ class Operation:
         return compute.resolve() if isinstance(compute, Kernel) else compute
 
     @cached_property
-    def whole(self) -> WholeFn[Any] | None:
+    def before_pieces(self) -> WholeFn[Any] | None:
         """The family's whole-tensor step, if it has one, imported on first use."""
-        whole = self.family.whole
-        return whole.resolve() if isinstance(whole, Kernel) else whole
+        step = self.family.before_pieces
+        return step.resolve() if isinstance(step, Kernel) else step
 
     @property
     def method(self) -> str:
@@ -237,7 +237,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         planning.fractional_plan,
         Kernel("fractional_compute"),
         has_indices=True,
-        whole=Kernel("fractional_draw"),
+        before_pieces=Kernel("fractional_draw"),
         examples=examples.fractional_examples,
         meaning=(
             "Max pooling by a non-integer factor: pseudo-random window sizes of 1 or 2 steps, fixed by "
@@ -254,7 +254,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         Kernel("unpool_compute"),
         dtypes=DTYPES,
         extra_tensors=("indices",),
-        whole=Kernel("unpool_check"),
+        before_pieces=Kernel("unpool_positions"),
         examples=examples.unpool_examples,
         meaning=(
             "The partial inverse of max pooling: each value goes back to the position its `indices` name, "

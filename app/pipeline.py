@@ -266,8 +266,8 @@ def compute(job: Job[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         for name in operation.family.extra_tensors
     }
     try:
-        if operation.whole is not None:
-            extra = operation.whole(tensor, params, job.plan, extra)
+        if operation.before_pieces is not None:
+            extra = operation.before_pieces(tensor, params, job.plan, extra)
         out, indices = in_pieces(operation.kernel, tensor, params, job.plan, extra)
     except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
         # The pre-checks should have caught this; never let it become a 500.

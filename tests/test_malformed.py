@@ -140,8 +140,18 @@ def test_int64_values_near_the_edges_come_back_exactly(client, values):
     assert answer.json()["outputs"][0]["data"] == want
 
 
-@pytest.mark.parametrize("values", [[2**63, 1, 2, 3], [-(2**63) - 1, 1.0, 2, 3], [9007199254740993.0, 1, 2, 3]])
-def test_int64_values_out_of_range_or_rounded_are_422(client, values):
+@pytest.mark.parametrize(
+    "values",
+    [
+        [2**63, 1, 2, 3],
+        [-(2**63) - 1, 1.0, 2, 3],
+        [9007199254740993.0, 1, 2, 3],
+        [1, "Infinity", 2, 3],
+        [1, 2, "-Infinity", 3],
+        [1, "NaN", 2**62, 3],
+    ],
+)
+def test_int64_values_out_of_range_rounded_or_not_finite_are_422(client, values):
     response = client.post("/pool/max1d", json={"input": [[values]], "kernel_size": 2, "dtype": "int64"})
     assert_problem(response, 422, loc=["body", "input"])
     inputs = [{"name": "input", "shape": [1, 1, 4], "datatype": "INT64", "data": values}]

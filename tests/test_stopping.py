@@ -54,10 +54,15 @@ def test_pieces_cover_every_plane_once_in_order(batch, channels, work):
         assert size == 1 or size * per_plane <= execution.PIECE_WORK
 
 
-@pytest.fixture
-def tiny_pieces(monkeypatch):
-    """Every computation split into single planes."""
-    monkeypatch.setattr(execution, "PIECE_WORK", 1)
+@pytest.fixture(params=["planes", "batch entries"])
+def tiny_pieces(request, monkeypatch):
+    """Every computation split into single planes, or into single batch entries."""
+    if request.param == "planes":
+        monkeypatch.setattr(execution, "PIECE_WORK", 1)
+    else:
+        monkeypatch.setattr(
+            execution, "pieces", lambda batch, channels, work: [(slice(n, n + 1),) for n in range(batch)]
+        )
 
 
 @pytest.mark.parametrize(("op", "case"), MATRIX)
