@@ -137,12 +137,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 if not self._in_head:
                     self.parser.feed_data(data)
                     return
-                # A head is fed no further than one byte past its limit: nothing larger is ever buffered.
-                room = self._limits.max_header_bytes - self._head_bytes + 1
+                # A head is fed no further than its limit: nothing larger is ever buffered.
+                room = self._limits.max_header_bytes - self._head_bytes
                 part, data = data[:room], data[room:]
                 self._head_bytes += len(part)
                 self.parser.feed_data(part)
-                if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+                if self._in_head and self._head_bytes >= self._limits.max_header_bytes:
                     raise _Refused(431, f"the request's head is over {self._limits.max_header_bytes} bytes")
         except _Refused as refusal:
             self._refuse(refusal)
@@ -163,6 +163,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _problem(self, status: int, detail: str) -> bytes:
         return problem_bytes(status, detail, self.server_state.default_headers)  # the date, as on every answer
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a chunked body's trailers: held to the head's limit as well
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > self._limits.max_header_bytes:
+                raise _Refused(431, f"the request's trailers are over {self._limits.max_header_bytes} bytes")
+        super().on_header(name, value)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)

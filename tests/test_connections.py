@@ -205,3 +205,29 @@ def test_two_thousand_idle_connections_leave_the_service_answering(guarded):
     finally:
         for sock in opened:
             sock.close()
+
+
+def test_a_head_one_byte_over_its_limit_is_431(guarded):
+    base = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n"
+    pad = 4096 - len(base)
+    with _connect(guarded) as sock:  # exactly at the limit: served
+        sock.sendall(base.replace(b"X-Pad: ", b"X-Pad: " + b"p" * pad))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    (over,) = _exchange(guarded, base.replace(b"X-Pad: ", b"X-Pad: " + b"p" * (pad + 1)))
+    _problem(over, 431, "head is over 4096 bytes")
+
+
+def test_chunked_trailers_are_held_to_the_head_limit(guarded):
+    trailers = b"a: b\r\n" * 5000
+    with _connect(guarded) as sock:
+        started = time.perf_counter()
+        try:
+            sock.sendall(
+                b"POST /pool/max1d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n" + trailers + b"\r\n"
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        _read_all(sock)  # closed: the trailers are refused
+        assert time.perf_counter() - started < 3
+    assert httpx.get(f"http://{guarded[0]}:{guarded[1]}/healthz", timeout=5).status_code == 200
