@@ -161,7 +161,10 @@ def _nested_array(value: list[Any], loc: tuple[str | int, ...], limits: Limits, 
                 f"{where(loc)} is nested more than {limits.max_ndim} deep; the limit is {limits.max_ndim} dimensions"
             )
         probe = probe[0] if probe else None
-    array = _to_array(value, loc)
+    try:
+        array = _to_array(value, loc)
+    except _Mixed:
+        array = np.empty(0, dtype=object)  # read element by element below
     if array.dtype.kind == "b":
         raise UndecodableBody(f"{where(loc)} holds booleans; tensors hold numbers")
     if array.dtype.kind in "OUS" or maybe_bools:
@@ -182,12 +185,15 @@ def _to_array(value: list[Any], loc: tuple[str | int, ...]) -> np.ndarray:
 ROWS_AT_ONCE = 1 << 16  # elements np.array reads in one call: a short hold of the interpreter's lock
 
 
+class _Mixed(Exception):
+    """Rows read in groups that share no dtype (numbers beside strings)."""
+
+
 def _assembled(value: list[Any]) -> np.ndarray:
     """`np.array(value)`, read a group of rows at a time when it is large, so that no
     call holds the interpreter's lock for long. The groups' arrays join with numpy's
     own promotion (integers and floats: float64, as np.array gives); groups that
-    cannot join (numbers beside strings) give an object array, which is then read
-    element by element."""
+    cannot join raise `_Mixed`."""
     first: Any = value
     per_row = 1
     while isinstance(first, list) and first:
@@ -202,7 +208,7 @@ def _assembled(value: list[Any]) -> np.ndarray:
         step = ROWS_AT_ONCE // per_row
         return np.concatenate([np.array(value[i : i + step]) for i in range(0, len(value), step)])
     except TypeError:  # no common dtype
-        return np.empty(0, dtype=object)
+        raise _Mixed from None
 
 
 def _checked(value: Any, loc: tuple[str | int, ...], depth: int, max_depth: int) -> Any:

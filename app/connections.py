@@ -11,7 +11,8 @@ with the limits a public server keeps (nginx's `large_client_header_buffers`,
 - at most `max_connections` are open: at the bound, the connection that has
   waited longest for a request is closed to make room, and when every
   connection has a request in hand, a new one's request gets a 503;
-- a head the parser cannot read gets a 400.
+- a head the parser cannot read gets a 400, and so does a request with a body
+  that asks to upgrade (h2c): the parser reads no body after an Upgrade header.
 
 Each of these answers is problem+json. The app's own limits (body size and pace,
 work, compute slots) are the app's; these are the connection's, and hold
@@ -147,7 +148,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         except _Refused as refusal:
             self._refuse(refusal)
         except httptools.HttpParserUpgrade:
-            pass  # a request to upgrade (h2c, say) was served as plain HTTP/1.1, as asked first
+            pass  # a request that asked to upgrade is answered in HTTP/1.1, then the connection closes
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _Refused):  # raised in a parser callback
                 self._refuse(exc.__context__)
@@ -179,23 +180,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_waiting()
         self._in_head = False
-        if self._make_room():
+        upgrade = self.parser.should_upgrade()
+        if not self._make_room():
+            detail = (
+                f"the server holds its limit of {self._limits.max_connections} connections, each with a request "
+                "in hand; retry shortly"
+            )
+            self._answer_with(503, detail, {"Retry-After": str(self._limits.retry_after_s)})
+        elif upgrade and any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
+            # The parser reads no body after an Upgrade header: say so, rather than answer without it.
+            self._answer_with(
+                400, "this service upgrades no connection (h2c, websocket); send the body without Upgrade"
+            )
+        else:
             super().on_headers_complete()
-            return
-        app, self.app = self.app, self._busy
+        if upgrade and self.cycle is not None:
+            self.cycle.keep_alive = False  # the parser reads nothing more on this connection
+
+    def _answer_with(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        """Dispatch the request whose head just arrived to a problem answer, not the app."""
+        answer = problem_response(status, detail, headers={**(headers or {}), "Connection": "close"})
+        app, self.app = self.app, answer
         try:
             super().on_headers_complete()
         finally:
             self.app = app
-
-    def _busy(self, scope: Any, receive: Any, send: Any) -> Any:
-        answer = problem_response(
-            503,
-            f"the server holds its limit of {self._limits.max_connections} connections, each with a request "
-            "in hand; retry shortly",
-            headers={"Retry-After": str(self._limits.retry_after_s), "Connection": "close"},
-        )
-        return answer(scope, receive, send)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -101,14 +101,15 @@ class Executor:
             waiters.add(watcher)
         try:
             done, _ = await asyncio.wait(waiters, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is stopping: nobody will wait for it
+            _abandon(work, stop, future)
+            raise
         finally:
             if watcher is not None:
                 watcher.cancel()
         if future in done:
             return future.result()
-        work.cancel()  # at once, not on a later loop turn: if it has not started, it never will
-        stop.set()  # if it has, it ends at its next checkpoint and frees its slot
-        future.add_done_callback(_abandoned)
+        _abandon(work, stop, future)
         if watcher is not None and watcher in done:
             raise ClientGone
         raise TimedOut(f"the computation took longer than {self._timeout} s")
@@ -154,6 +155,14 @@ class Executor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _abandon(work: Future[Any], stop: threading.Event, future: asyncio.Future[Any]) -> None:
+    """Nobody waits for this computation any more: drop it if it has not started (at
+    once, not on a later loop turn), and stop it at its next checkpoint if it has."""
+    work.cancel()
+    stop.set()
+    future.add_done_callback(_abandoned)
 
 
 def _abandoned(future: asyncio.Future[Any]) -> None:

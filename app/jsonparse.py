@@ -12,6 +12,9 @@ bytes, so that no call holds the lock for longer than a piece takes:
 - each piece is read as a document of its own: the containers open where it
   starts are reopened before it (an object under the key `CONTINUED`) and
   those open where it ends are closed after it;
+- where no comma lies outside strings for `LONGEST_SCAN` pieces (a long
+  string, such as a base64 `.npy`, which orjson can only read whole), the rest
+  of the document is read in one call;
 - the pieces are joined where they were cut: what follows a cut extends the
   container it cut, and in each outer container the piece's first element (or
   its `CONTINUED` member) continues the last one.
@@ -32,6 +35,8 @@ import numpy as np
 import orjson
 
 PIECE = 1 << 20  # bytes read per call
+LONGEST_SCAN = 4  # pieces scanned for a comma before the rest is read in one call
+DEEPEST = 1024  # nesting orjson reads; deeper is refused before the containers are listed
 CONTINUED = "\x00" + secrets.token_hex(8)  # unguessable: no client can write it
 
 _LIST, _OBJECT = ord("["), ord("{")
@@ -90,6 +95,10 @@ def _cut(data: bytes, start: int, stack: list[Level]) -> tuple[int, list[Level]]
     end) and the containers open there."""
     size = PIECE
     while True:
+        if size > LONGEST_SCAN * PIECE:
+            # No comma outside a string in all that (a long string, say): the rest is
+            # one piece, which orjson reads and checks whole.
+            return len(data), []
         stop = min(len(data), start + size)
         u = np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start)
         where = np.flatnonzero(_STRUCTURAL[u])
@@ -147,7 +156,10 @@ class _Piece:
         # An opening bracket is still open at the end when the depth never falls below it later.
         later = np.minimum.accumulate(depth[::-1])[::-1]
         opened = stack[: len(stack) + lowest]
-        for index in moves[(steps[moves] == 1) & (later >= depth)]:  # at most as many as the nesting is deep
+        still_open = moves[(steps[moves] == 1) & (later >= depth)]
+        if len(opened) + len(still_open) > DEEPEST:
+            raise Unjoinable(f"nested more than {DEEPEST} deep")
+        for index in still_open:
             inside_object = bool(opened) and opened[-1][0] == _OBJECT
             opened.append((int(self.chars[index]), self._key(int(index)) if inside_object else None))
         return opened

@@ -46,7 +46,7 @@ P = TypeVar("P", bound=PoolParams)
 Result = tuple["torch.Tensor", "torch.Tensor | None"]
 PlanFn = Callable[[P, Shape], Plan]
 ComputeFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], Result]
-WholeFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], "dict[str, torch.Tensor]"]
+BeforePiecesFn = Callable[["torch.Tensor", P, Plan, "dict[str, torch.Tensor]"], "dict[str, torch.Tensor]"]
 
 
 class Kernel:
@@ -70,6 +70,14 @@ class Kernel:
         return f"Kernel({self.name!r})"
 
 
+F = TypeVar("F")
+
+
+def _resolved(function: F) -> F:
+    """A `Kernel` as the function it names; anything else as it is."""
+    return function.resolve() if isinstance(function, Kernel) else function  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Family(Generic[P]):
     name: str
@@ -84,7 +92,7 @@ class Family(Generic[P]):
     extra_tensors: tuple[str, ...] = ()  # tensors besides `input`
     # Before the planes are split into pieces: what depends on the whole tensor, as
     # extra tensors that are split along with it (`app.kernels`).
-    before_pieces: WholeFn[P] | None = None
+    before_pieces: BeforePiecesFn[P] | None = None
     examples: Callable[[int], dict[str, dict[str, Any]]] = field(default=lambda rank: {})
     meaning: str = ""  # what it computes and what it is for, for the docs
 
@@ -110,14 +118,12 @@ class Operation:
     @cached_property
     def kernel(self) -> ComputeFn[Any]:
         """The family's compute function itself, imported on first use."""
-        compute = self.family.compute
-        return compute.resolve() if isinstance(compute, Kernel) else compute
+        return _resolved(self.family.compute)
 
     @cached_property
-    def before_pieces(self) -> WholeFn[Any] | None:
+    def before_pieces(self) -> BeforePiecesFn[Any] | None:
         """The family's whole-tensor step, if it has one, imported on first use."""
-        step = self.family.before_pieces
-        return step.resolve() if isinstance(step, Kernel) else step
+        return _resolved(self.family.before_pieces)
 
     @property
     def method(self) -> str:

@@ -77,6 +77,16 @@ def large_json(port: int, stop: threading.Event) -> int:
     return count
 
 
+def _drip(socks: list[socket.socket], data: bytes, every: float, stop: threading.Event) -> None:
+    """Send `data` on every socket each `every` seconds until `stop`."""
+    while not stop.wait(every):
+        for sock in socks:
+            try:
+                sock.sendall(data)
+            except OSError:
+                pass  # closed by the server, as it may
+
+
 def slow_bodies(port: int, stop: threading.Event) -> int:
     """Twenty bodies that declare 64 MiB and send a byte a second."""
     socks = []
@@ -85,12 +95,7 @@ def slow_bodies(port: int, stop: threading.Event) -> int:
         sock.sendall(b"POST /pool/max2d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
         sock.sendall(b"Content-Length: 67108864\r\n\r\n")
         socks.append(sock)
-    while not stop.wait(1):
-        for sock in socks:
-            try:
-                sock.sendall(b" ")
-            except OSError:
-                pass
+    _drip(socks, b" ", 1, stop)
     for sock in socks:
         sock.close()
     return len(socks)
@@ -102,12 +107,7 @@ def idle_connections(port: int, stop: threading.Event) -> int:
     trickling = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
     for sock in trickling:
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-    while not stop.wait(0.5):
-        for sock in trickling:
-            try:
-                sock.sendall(b"X: y\r\n")
-            except OSError:
-                pass
+    _drip(trickling, b"X: y\r\n", 0.5, stop)
     for sock in idle + trickling:
         sock.close()
     return len(idle) + len(trickling)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import httpx
 import orjson
@@ -63,12 +63,19 @@ def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     return found
 
 
-def _exchange(address: tuple[str, int], request: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+def _send(sock: socket.socket, parts: Iterable[bytes], pause: float = 0) -> None:
+    """Send `parts` one after another, `pause` seconds apart, until the server closes."""
+    try:
+        for part in parts:
+            sock.sendall(part)
+            time.sleep(pause)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # answered and closed before the rest was sent; the answer is still there to read
+
+
+def _exchange(address: tuple[str, int], *parts: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     with _connect(address) as sock:
-        try:
-            sock.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered and closed before the rest was sent; the answer is still there to read
+        _send(sock, parts)
         return _answers(_read_all(sock))
 
 
@@ -90,11 +97,7 @@ def test_a_large_header_is_431_before_the_rest_arrives(guarded):
     with _connect(guarded) as sock:
         sock.sendall(b"POST /pool/max2d HTTP/1.1\r\nHost: x\r\nX-Big: ")
         started = time.perf_counter()
-        try:
-            for _ in range(64 * 1024):  # up to 64 MiB, stopped by the answer
-                sock.sendall(b"a" * 1024)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        _send(sock, (b"a" * 1024 for _ in range(64 * 1024)))  # up to 64 MiB, stopped by the answer
         (answer,) = _answers(_read_all(sock))
     _problem(answer, 431, "head is over 4096 bytes")
     assert time.perf_counter() - started < 3
@@ -121,12 +124,7 @@ def test_a_connection_that_sends_nothing_is_closed(guarded):
 def test_a_head_trickled_past_its_time_is_408(guarded):
     with _connect(guarded) as sock:
         started = time.perf_counter()
-        try:
-            for byte in HEALTH[:-2]:  # a byte every 0.1 s, each in time, the whole not
-                sock.sendall(bytes([byte]))
-                time.sleep(0.1)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        _send(sock, (bytes([byte]) for byte in HEALTH[:-2]), pause=0.1)  # each byte in time, the whole not
         (answer,) = _answers(_read_all(sock))
     _problem(answer, 408, "did not arrive within 1.0 s")
     assert time.perf_counter() - started < 3
@@ -221,13 +219,18 @@ def test_chunked_trailers_are_held_to_the_head_limit(guarded):
     trailers = b"a: b\r\n" * 5000
     with _connect(guarded) as sock:
         started = time.perf_counter()
-        try:
-            sock.sendall(
-                b"POST /pool/max1d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n" + trailers + b"\r\n"
-            )
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        head = b"POST /pool/max1d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        _send(sock, [head + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n" + trailers + b"\r\n"])
         _read_all(sock)  # closed: the trailers are refused
         assert time.perf_counter() - started < 3
     assert httpx.get(f"http://{guarded[0]}:{guarded[1]}/healthz", timeout=5).status_code == 200
+
+
+def test_a_request_that_asks_to_upgrade_is_answered_in_http1_and_closed(guarded):
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+    (answer,) = _exchange(guarded, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n")
+    assert answer[0] == 200 and answer[1]["connection"] == "close"
+    body = b'{"input":[[[1,2,3,4]]],"kernel_size":2}'
+    head = b"POST /pool/max1d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + upgrade
+    (answer,) = _exchange(guarded, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    _problem(answer, 400, "upgrades no connection")

@@ -85,6 +85,19 @@ def test_repeated_keys_escapes_and_long_whitespace_across_cuts(small_pieces, tex
     assert jsonparse.loads(text) == orjson.loads(text)
 
 
+@pytest.mark.parametrize(
+    "text", [b"[" * 5000, b"[1," * 2000 + b"1" + b"]" * 2000, b'{"a":"' + b"\\\\" * 500 + b'"}', b'"' * 3001]
+)
+def test_deep_nesting_and_long_strings_across_cuts(small_pieces, text):
+    try:
+        whole = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        with pytest.raises(orjson.JSONDecodeError):
+            jsonparse.loads(text)
+        return
+    assert jsonparse.loads(text) == whole
+
+
 def test_a_large_tensor_document_is_read_whole():
     rows = [[float(i % 7) + 0.5] * 300 for i in range(4000)]
     text = orjson.dumps({"input": [[rows]], "kernel_size": 2, "id": 'a"b,[c'})

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from app import execution
 from app.operations import OPERATIONS
+from app.settings import Settings
 from tests.conftest import assert_problem, json_post_scope
 from tests.test_ops import DTYPE_MATRIX, MATRIX, check_case
 
@@ -121,3 +122,31 @@ def test_a_computation_whose_client_left_frees_its_slot(make_client):
     freed_after = asyncio.run(scenario())
     assert sent == []  # nobody to answer
     assert freed_after < 2, f"the slot stayed taken {freed_after:.2f} s after the client left"
+
+
+def test_a_computation_cancelled_by_shutdown_stops_at_its_next_checkpoint():
+    executor = execution.Executor(Settings(device="cpu", torch_threads=1, max_concurrency=1))
+    ran: list[int] = []
+
+    def long_work() -> None:
+        for step in range(1000):  # ten seconds, unless stopped
+            execution.checkpoint()
+            ran.append(step)
+            time.sleep(0.01)
+
+    async def scenario() -> float:
+        task = asyncio.ensure_future(executor.run(long_work))
+        await asyncio.sleep(0.2)
+        task.cancel()  # as the server does when its grace period is over
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled = time.perf_counter()
+        while executor.taken:
+            await asyncio.sleep(0.01)
+        return time.perf_counter() - cancelled
+
+    try:
+        assert asyncio.run(scenario()) < 1
+        assert 5 < len(ran) < 200
+    finally:
+        executor.close()
