@@ -1,22 +1,36 @@
-# syntax=docker/dockerfile:1
 # The pooling service. CPU image by default:
 #   docker build -t pooling-service .
 # CUDA image (torch's CUDA wheels carry the CUDA runtime; the host needs the
 # NVIDIA driver and container toolkit, then run with --gpus all):
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t pooling-service:cuda .
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
+#                --build-arg TORCH_DEVICE=cuda -t pooling-service:cuda .
+#
+# Build arguments:
+#   PYTHON_IMAGE  base image with python (3.11+), its venv module and CA certificates
+#   TORCH_INDEX   the package index torch is taken from, and only torch
+#   TORCH_DEVICE  cpu or cuda: the build fails unless the installed torch is that build
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY app ./app
-# The torch index comes first in preference: its +cpu (or +cuXXX) build of the
-# pinned version outranks the generic wheel.
-RUN /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX}" .
+COPY pyproject.toml ./
+# torch first, on its own and from TORCH_INDEX alone, at the version pyproject.toml pins:
+# with any other index in reach pip would take PyPI's default build (CUDA, several GB) when
+# TORCH_INDEX cannot be reached. Then the other dependencies, from PyPI. (Each build argument
+# is declared just before the step that uses it: it is part of the cache key of every step after.)
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+print(*(d.replace(" ", "") for d in deps), sep="\n")' > requirements.txt \
+ && /opt/venv/bin/pip install --retries 2 --timeout 30 --no-deps --index-url "${TORCH_INDEX}" "$(grep -E '^torch==' requirements.txt)" \
+ && /opt/venv/bin/pip install -r requirements.txt
+# The build fails unless torch is the build that was asked for.
+ARG TORCH_DEVICE=cpu
+RUN /opt/venv/bin/python -c "import sys, torch; built = 'cuda' if torch.version.cuda else 'cpu'; \
+print(f'torch {torch.__version__} ({built} build)'); \
+sys.exit(0 if built == '${TORCH_DEVICE}' else f'torch {torch.__version__} is a {built} build; TORCH_DEVICE asks for ${TORCH_DEVICE}')"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
@@ -25,12 +39,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     POOL_DEVICE=auto \
     POOL_HOST=0.0.0.0 \
     POOL_PORT=8000
+RUN groupadd --system --gid 10001 pool \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pool
+# The dependencies, then the service's code beside them in a small layer of its own: a change
+# to the code rebuilds only that. `python -m app` finds it in the working directory.
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pool
-USER 10001
 WORKDIR /srv
+COPY app ./app
+RUN python -m compileall -q app
+USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # uvicorn serving app.main:app with uvloop and httptools; POOL_WORKERS sets its processes.
 CMD ["python", "-m", "app"]

@@ -39,12 +39,13 @@ def test_compose_and_dockerfile_agree_on_port_healthcheck_and_command():
     service = _compose_service()
     dockerfile = (ROOT / "Dockerfile").read_text()
     nginx = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["nginx"]
-    assert nginx["ports"] == ["8000:8080"] and "EXPOSE 8000" in dockerfile
+    assert nginx["ports"] == ["${POOL_BIND:-127.0.0.1}:${POOL_HOST_PORT:-8000}:8080"]
+    assert "EXPOSE 8000" in dockerfile
     assert "server pooling:8000" in (ROOT / "deploy" / "nginx" / "upstreams.conf").read_text()
     assert "/healthz" in " ".join(service["healthcheck"]["test"]) and "/healthz" in dockerfile
     assert 'CMD ["python", "-m", "app"]' in dockerfile and "POOL_HOST=0.0.0.0" in dockerfile
     assert "POOL_PORT=8000" in dockerfile
-    assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE), "the image runs as a non-root user"
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.MULTILINE), "the image runs as a non-root user"
     assert service["deploy"]["resources"]["limits"] == {"cpus": "2", "memory": "4g"}
 
 

@@ -1,0 +1,415 @@
+"""The image built from the repository's Dockerfile, with build arguments only, and run as the
+README runs it; then docker-compose.yml's replicas behind nginx.
+
+The test starts a Docker engine of its own (Debian's `docker.io`, cgroupfs, state in a cache
+folder so base images and layers are kept between runs on one machine) and stops it at the end.
+No image registry is reachable, so base images are made from Debian's packages with mmdebstrap,
+and torch, pinned in pyproject.toml, is served to the build from a loopback package index.
+Traffic goes to loopback and to the containers the test started.
+
+Skipped where no engine can start; failed instead when `CI` is set (`.ci/run` installs
+docker.io, docker-compose and mmdebstrap)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from app.settings import Settings
+from benchmarks.serve import free_port, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("POOL_IMAGE_TEST_CACHE", "/var/cache/pooling-service-image-test"))
+ARTIFACTS = ROOT / "test-artifacts"
+PROJECT = "pooltest"  # the compose project's name
+SMOKE = "pool-image-smoke"  # the single container's name
+# The base images, made from Debian's packages; a tag changes with its recipe.
+PYTHON_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
+NGINX_PACKAGES = "nginx-light,wget,ca-certificates"
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    return None
+
+
+def _missing() -> list[str]:
+    missing = [tool for tool in ("dockerd", "docker", "mmdebstrap") if shutil.which(tool) is None]
+    if _compose_command() is None:
+        missing.append("docker-compose")
+    if os.geteuid() != 0:
+        missing.append("root (dockerd and mmdebstrap need it)")
+    return missing
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args[:4])} … exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return done
+
+
+class Engine:
+    """A dockerd of the test's own: its socket, and `docker` bound to it."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.socket = scratch / "docker.sock"
+        self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0"}
+        self.log = (scratch / "dockerd.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                "dockerd",
+                "--data-root", str(CACHE / "docker"),
+                "--exec-root", str(scratch / "exec"),
+                "-H", f"unix://{self.socket}",
+                "--pidfile", str(scratch / "dockerd.pid"),
+                "--exec-opt", "native.cgroupdriver=cgroupfs",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while self.docker("info", check=False, timeout=10).returncode != 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"dockerd did not start; its log: {scratch / 'dockerd.log'}")
+            time.sleep(0.5)
+
+    def docker(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run(["docker", *args], self.env, timeout, check)
+
+    def compose(self, *args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        command = _compose_command()
+        assert command is not None
+        return _run(
+            [*command, "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"), *args], {**self.env, **env}, timeout
+        )
+
+    def clear(self) -> None:
+        """Removes every container and network left by an earlier run that was cut short."""
+        containers = self.docker("ps", "-aq").stdout.split()
+        if containers:
+            self.docker("rm", "-f", *containers)
+        self.docker("network", "prune", "-f")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        # dockerd leaves its network namespace mounted under the exec root.
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{self.scratch}/")), reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    missing = _missing()
+    if missing:
+        reason = f"no Docker engine can start here: missing {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # One engine per cache folder at a time.
+    with (CACHE / "lock").open("w") as lock, tempfile.TemporaryDirectory(prefix="pool-dockerd-") as scratch:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        engine = Engine(Path(scratch))
+        try:
+            engine.clear()
+            yield engine
+            engine.clear()
+            # Layers of earlier builds that no image uses any more.
+            engine.docker("image", "prune", "-f")
+        finally:
+            engine.stop()
+
+
+def _base_image(engine: Engine, name: str, packages: str, changes: tuple[str, ...] = ()) -> str:
+    """A Debian bookworm image with these packages, and the machine's CA certificates and a
+    pip.conf that trusts them (the build reaches PyPI through this machine's network)."""
+    hooks = (
+        'cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"',
+        'printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > "$1/etc/pip.conf"',
+    )
+    recipe = json.dumps([packages, hooks, changes])
+    tag = f"pool-test/{name}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    if engine.docker("image", "inspect", tag, check=False).returncode == 0:
+        return tag
+    with tempfile.TemporaryDirectory(prefix="pool-base-") as folder:
+        tarball = Path(folder) / "base.tar"
+        hook_args = [f"--customize-hook={hook}" for hook in hooks]
+        _run(
+            ["mmdebstrap", "--variant=minbase", f"--include={packages}", *hook_args, "bookworm", str(tarball)],
+            engine.env,
+            600,
+        )
+        engine.docker("import", *(f"--change={change}" for change in changes), str(tarball), tag, timeout=300)
+    return tag
+
+
+def _torch_pin() -> str:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d for d in dependencies if re.match(r"torch\s*==", d)).replace(" ", "")
+
+
+@contextlib.contextmanager
+def _torch_index() -> Iterator[str]:
+    """A PEP 503 index on loopback holding the pinned torch wheel that pip resolves here (the
+    CPU build on this kind of machine): its URL."""
+    if os.environ.get("POOL_IMAGE_TEST_TORCH_INDEX"):
+        yield os.environ["POOL_IMAGE_TEST_TORCH_INDEX"]
+        return
+    wheels = CACHE / "torch-wheels"
+    pin = _torch_pin()
+    version = pin.split("==")[1]
+    found = sorted(wheels.glob(f"torch-{version}*.whl"))
+    if not found:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", pin, "-d", str(wheels)],
+            check=True,
+            timeout=900,
+        )
+        found = sorted(wheels.glob(f"torch-{version}*.whl"))
+    assert found, f"pip download {pin} gave no wheel"
+    with tempfile.TemporaryDirectory(prefix="pool-index-") as folder:
+        project = Path(folder) / "simple" / "torch"
+        project.mkdir(parents=True)
+        links = []
+        for wheel in found:
+            (project / wheel.name).symlink_to(wheel)
+            links.append(f'<a href="{urllib.parse.quote(wheel.name)}">{wheel.name}</a>')
+        (project / "index.html").write_text("<!DOCTYPE html><html><body>" + "".join(links) + "</body></html>")
+        handler = functools.partial(_QuietHandler, directory=folder)
+        # The index's URL is a build argument, so part of the layer cache's key: keep its port.
+        remembered = CACHE / "torch-index-port"
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", int(remembered.read_text())), handler)
+        except (OSError, ValueError):
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            remembered.write_text(str(server.server_address[1]))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Image:
+    def __init__(self, tag: str, base: str, torch_index: str, build_log: str, size: int) -> None:
+        self.tag, self.base, self.torch_index, self.build_log, self.size = tag, base, torch_index, build_log, size
+
+
+def _build(
+    engine: Engine, tag: str, *build_args: str, target: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    args = [arg for pair in build_args for arg in ("--build-arg", pair)] + (["--target", target] if target else [])
+    return engine.docker("build", "--network=host", *args, "-t", tag, str(ROOT), timeout=900, check=check)
+
+
+@pytest.fixture(scope="module")
+def torch_index() -> Iterator[str]:
+    with _torch_index() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def image(engine: Engine, torch_index: str) -> Image:
+    base = _base_image(engine, "python", PYTHON_PACKAGES)
+    started = time.monotonic()
+    build = _build(engine, "pooling-service:latest", f"PYTHON_IMAGE={base}", f"TORCH_INDEX={torch_index}")
+    build_s = time.monotonic() - started
+    # A tag on the build stage keeps its layers (torch and the dependencies) from the prune at
+    # the end, so the next run on this machine builds from them.
+    _build(engine, "pool-test/build-stage:latest", f"PYTHON_IMAGE={base}", f"TORCH_INDEX={torch_index}", target="build")
+    size = int(engine.docker("image", "inspect", "-f", "{{.Size}}", "pooling-service:latest").stdout)
+    _report("build", {"seconds": round(build_s, 1), "image_bytes": size, "base": base})
+    return Image("pooling-service:latest", base, torch_index, build.stdout, size)
+
+
+def _report(key: str, value: object) -> None:
+    """The figures of a run, in test-artifacts/image.json."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "image.json"
+    figures = json.loads(path.read_text()) if path.exists() else {}
+    figures[key] = value
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _readme_example() -> tuple[dict, dict]:
+    """The README's first curl example: its JSON body and the answer the README shows."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(
+        r"curl -s http://127\.0\.0\.1:8000/pool/max2d .*?-d '(\{.*?\})'\n```\n\n```json\n(.*?)\n```", readme, re.S
+    )
+    assert match, "the README's max2d example"
+    return json.loads(match.group(1)), json.loads(match.group(2))
+
+
+def _torch_answer(body: dict) -> tuple[list, list]:
+    values, indices = torch.nn.functional.max_pool2d(
+        torch.tensor(body["input"], dtype=torch.float32), body["kernel_size"], return_indices=True
+    )
+    return values.tolist(), indices.tolist()
+
+
+def test_the_image_is_the_cpu_build_and_runs_as_its_own_user(engine: Engine, image: Image) -> None:
+    config = json.loads(engine.docker("image", "inspect", "-f", "{{json .Config}}", image.tag).stdout)
+    assert config["User"] == "10001:10001"
+    assert config["Cmd"] == ["python", "-m", "app"]
+    assert "/healthz" in " ".join(config["Healthcheck"]["Test"])
+    torch_build = engine.docker(
+        "run", "--rm", image.tag, "python", "-c", "import torch; print(torch.__version__, torch.version.cuda)"
+    )
+    assert torch_build.stdout.split() == [f"{_torch_pin().split('==')[1]}+cpu", "None"], torch_build.stdout
+    # torch's CPU wheels and the service: about 1.2 GB. A CUDA build would be several times that.
+    assert image.size < 2_000_000_000, image.size
+    # .dockerignore keeps the virtual environment, .git and caches out of the build context.
+    sent = re.search(r"Sending build context to Docker daemon\s+([\d.]+)([kMG]?B)", image.build_log)
+    assert sent, image.build_log[:500]
+    assert float(sent.group(1)) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[sent.group(2)] < 5e6, sent.group(0)
+
+
+def test_a_build_for_the_wrong_torch_fails_loudly(engine: Engine, image: Image) -> None:
+    # The CPU index asked for a CUDA build: the check after the install stops the build.
+    wrong = _build(
+        engine,
+        "pool-test/wrong:cuda",
+        f"PYTHON_IMAGE={image.base}",
+        f"TORCH_INDEX={image.torch_index}",
+        "TORCH_DEVICE=cuda",
+        check=False,
+    )
+    assert wrong.returncode != 0
+    assert "is a cpu build; TORCH_DEVICE asks for cuda" in wrong.stdout + wrong.stderr
+    # An index that cannot be reached fails the build, with no fallback to PyPI's default torch.
+    closed = free_port()
+    started = time.monotonic()
+    unreachable = _build(
+        engine,
+        "pool-test/wrong:unreachable",
+        f"PYTHON_IMAGE={image.base}",
+        f"TORCH_INDEX=http://127.0.0.1:{closed}/simple",
+        check=False,
+    )
+    assert unreachable.returncode != 0
+    assert "No matching distribution found for torch==" in unreachable.stdout + unreachable.stderr
+    assert time.monotonic() - started < 180
+    for tag in ("pool-test/wrong:cuda", "pool-test/wrong:unreachable"):
+        assert engine.docker("image", "inspect", tag, check=False).returncode != 0
+
+
+def test_the_image_serves_read_only_and_stops_cleanly(engine: Engine, image: Image) -> None:
+    port = free_port()
+    engine.docker(
+        "run", "-d", "--name", SMOKE, "--read-only", "--tmpfs", "/tmp",
+        "-p", f"127.0.0.1:{port}:8000", "-e", "POOL_DEVICE=cpu", image.tag,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/healthz", deadline=60)
+    body, shown = _readme_example()
+    answer = httpx.post(f"{base}/pool/max2d", json=body).json()
+    output, indices = _torch_answer(body)
+    assert answer == shown
+    assert answer["output"] == output and answer["indices"] == indices
+    assert engine.docker("exec", SMOKE, "id", "-u").stdout.strip() == "10001"
+    assert engine.docker("exec", SMOKE, "id", "-g").stdout.strip() == "10001"
+    assert engine.docker("exec", SMOKE, "touch", "/srv/written", check=False).returncode != 0
+    deadline = time.monotonic() + 60
+    while (health := engine.docker("inspect", "-f", "{{.State.Health.Status}}", SMOKE).stdout.strip()) != "healthy":
+        assert health == "starting" and time.monotonic() < deadline, health
+        time.sleep(1)
+    settings = Settings()
+    started = time.monotonic()
+    engine.docker("stop", "-t", "60", SMOKE)
+    stop_s = time.monotonic() - started
+    state = json.loads(engine.docker("inspect", "-f", "{{json .State}}", SMOKE).stdout)
+    assert state["ExitCode"] == 0 and not state["OOMKilled"], state
+    assert stop_s < settings.drain_s + settings.shutdown_grace_s, stop_s
+    logs = engine.docker("logs", SMOKE).stderr
+    assert "Finished server process" in logs
+    engine.docker("rm", SMOKE)
+    _report("smoke", {"answer": answer, "uid": 10001, "health": health, "stop_seconds": round(stop_s, 1)})
+
+
+def _requests_per_replica(engine: Engine) -> Counter[str]:
+    spread = Counter[str]()
+    replicas = engine.docker(
+        "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+        "--filter", "label=com.docker.compose.service=pooling",
+    ).stdout.split()  # fmt: skip
+    for replica in replicas:
+        logs = engine.docker("logs", replica)
+        spread[replica] = sum('"path":"/pool/max2d"' in line for line in (logs.stdout + logs.stderr).splitlines())
+    return spread
+
+
+def test_compose_spreads_requests_over_three_replicas_behind_nginx(engine: Engine, image: Image) -> None:
+    nginx = _base_image(engine, "nginx", NGINX_PACKAGES, ('CMD ["nginx", "-g", "daemon off;"]',))
+    port = free_port()
+    env = {"NGINX_IMAGE": nginx, "POOL_HOST_PORT": str(port), "POOL_REPLICAS": "3"}
+    started = time.monotonic()
+    engine.compose("up", "-d", "--no-build", "--scale", "pooling=3", env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"{base}/nginx-health", deadline=60)
+        up_s = time.monotonic() - started
+        body, shown = _readme_example()
+        with httpx.Client(base_url=base, timeout=30) as client:
+            answers = [client.post("/pool/max2d", json=body) for _ in range(30)]
+            big = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+            pooled = client.post("/pool/max2d", json={"input": big.tolist(), "kernel_size": 3, "stride": 2})
+        assert [a.status_code for a in answers] == [200] * 30
+        assert all(a.json() == shown for a in answers)
+        expected = torch.nn.functional.max_pool2d(torch.from_numpy(big), 3, 2).numpy()
+        np.testing.assert_array_equal(np.asarray(pooled.json()["output"], np.float32), expected)
+        # Each replica's request lines, written by its access-log thread a moment after the answer.
+        deadline = time.monotonic() + 10
+        while sum((spread := _requests_per_replica(engine)).values()) < 31 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(spread) == 3 and sum(spread.values()) == 31, spread
+        assert min(spread.values()) >= 3, spread
+        _report("compose", {"up_seconds": round(up_s, 1), "spread": sorted(spread.values())})
+    finally:
+        started = time.monotonic()
+        engine.compose("down", "-v", "--remove-orphans", env=env)
+        _report("compose_down_seconds", round(time.monotonic() - started, 1))
