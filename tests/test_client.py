@@ -3,26 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import Result
+from pooling_client import AsyncPoolClient, PoolClient, PoolError
 
-from app.client import AsyncPoolClient, PoolClient, PoolError
 from app.main import create_app
 from app.operations import OPERATIONS
 from app.settings import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 X = np.random.default_rng(21).standard_normal((2, 3, 8, 8)).astype(np.float32)
 
 
 def test_one_method_per_operation_with_its_parameters_documented():
     for operation in OPERATIONS.values():
-        method = getattr(PoolClient, operation.method)
-        assert method.__name__ == operation.method
-        assert all(name in method.__doc__ for name in operation.params.model_fields if name not in ("input", "indices"))
+        for cls in (PoolClient, AsyncPoolClient):
+            method = getattr(cls, operation.method)
+            assert method.__name__ == operation.method
+            fields = [name for name in operation.params.model_fields if name != "input"]
+            assert all(f"{name}: " in method.__doc__ for name in fields)
+            signature = inspect.signature(method)
+            assert list(signature.parameters)[:2] == ["self", "x"]
+            assert sorted(list(signature.parameters)[2:]) == sorted(fields)
+            required = {name for name, info in operation.params.model_fields.items() if info.is_required()}
+            assert {n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty} == {
+                "self",
+                *(required - {"input"}),
+            }
+
+
+def test_the_generated_modules_follow_the_operation_table():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "clients" / "python" / "generate.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("transport", ["binary", "json"])
@@ -48,8 +74,10 @@ def test_json_answers_in_any_encoding_come_back_as_arrays(server):
 
 def test_sync_client_raises_the_problem(server):
     with PoolClient(server) as client:
+        with pytest.raises(TypeError, match="kernal_size"):
+            client.max2d(X, kernal_size=2)  # the generated method has no such parameter
         with pytest.raises(PoolError) as caught:
-            client.max2d(X, kernal_size=2)
+            client.pool("max2d", X, kernal_size=2)  # the service has none either
     assert caught.value.status == 422
     assert caught.value.errors[0]["loc"] == ["query", "kernal_size"]
     assert "kernel_size" in caught.value.errors[0]["msg"]
@@ -127,6 +155,11 @@ def _case_inputs(name):
     return case.params, x, extra, want.numpy(), None if want_indices is None else want_indices.numpy()
 
 
+def _with_indices(extra):
+    """Only max-unpool's methods take indices."""
+    return {} if extra is None else {"indices": extra}
+
+
 def _check(result, want, want_indices):
     output, indices = result if isinstance(result, tuple) else (result, None)
     np.testing.assert_allclose(output, want, rtol=1e-5, atol=1e-6)
@@ -138,7 +171,7 @@ def _check(result, want, want_indices):
 def test_sync_client_every_operation(server, name):
     params, x, extra, want, want_indices = _case_inputs(name)
     with PoolClient(server) as client:
-        _check(getattr(client, OPERATIONS[name].method)(x, indices=extra, **params), want, want_indices)
+        _check(getattr(client, OPERATIONS[name].method)(x, **_with_indices(extra), **params), want, want_indices)
 
 
 def test_async_client_every_operation():
@@ -149,7 +182,7 @@ def test_async_client_every_operation():
         async with AsyncPoolClient(http=http, transport="json") as client:
             for name, operation in OPERATIONS.items():
                 params, x, extra, want, want_indices = _case_inputs(name)
-                _check(await getattr(client, operation.method)(x, indices=extra, **params), want, want_indices)
+                _check(await getattr(client, operation.method)(x, **_with_indices(extra), **params), want, want_indices)
 
     asyncio.run(scenario())
     app.state.runtime.executor.close()
@@ -168,3 +201,145 @@ def test_an_api_key_goes_on_a_given_http_clients_requests():
     with PoolClient(http=http, api_key="k-1") as client:
         client.max1d(np.array([[[1.0, 2.0]]]), kernel_size=2)
     assert seen == ["Bearer k-1"]
+
+
+def test_a_problem_carries_the_request_id_the_service_answered_with(server):
+    with PoolClient(server) as client, pytest.raises(PoolError) as caught:
+        client.max2d(X, kernel_size=0)
+    assert caught.value.status == 422 and caught.value.errors[0]["loc"][:2] == ["query", "kernel_size"]
+    assert re.fullmatch(r"[0-9a-f]{32}", caught.value.request_id or "")
+
+
+def test_non_finite_values_travel_in_json_as_the_service_spells_them(server):
+    x = np.array([[[1.0, np.nan, -np.inf, 2.0, np.inf, 0.5]]], dtype=np.float32)
+    want = F.max_pool1d(torch.from_numpy(x), 2).numpy()
+    with PoolClient(server, transport="json") as client:
+        np.testing.assert_array_equal(client.max1d(x, kernel_size=2), want)
+
+
+def test_a_misspelled_parameter_is_a_type_error(tmp_path):
+    """mypy sees the generated methods: a misspelled parameter is flagged before anything runs."""
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "import numpy as np\n"
+        "from pooling_client import AsyncPoolClient, PoolClient\n\n"
+        "x = np.zeros((1, 1, 4, 4), np.float32)\n"
+        "with PoolClient() as client:\n"
+        "    client.max2d(x, kernel_size=2, stride=[2, 2], padding='same')\n"
+        "    client.max2d(x, kernal_size=2)\n"
+        "    client.avg2d(x, kernel_size=2, padding='sideways')\n\n"
+        "async def main() -> None:\n"
+        "    async with AsyncPoolClient() as pool:\n"
+        "        await pool.max_unpool2d(x, indices=x, kernel_size=2)\n"
+        "        await pool.lp1d(x, kernel_size=2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--strict", str(snippet)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MYPYPATH": str(ROOT / "clients" / "python")},
+        cwd=tmp_path,
+    )
+    errors = [line.split(" error: ")[1] for line in done.stdout.splitlines() if " error: " in line]
+    assert len(errors) == 3, done.stdout
+    assert errors[0].startswith('Unexpected keyword argument "kernal_size" for "max2d"')
+    assert 'Argument "padding" to "avg2d"' in errors[1]
+    assert errors[2].startswith('Missing named argument "norm_type" for "lp1d"')
+
+
+def test_the_client_package_type_checks_strictly():
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--strict", "pooling_client"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "clients" / "python",
+    )
+    assert done.returncode == 0, done.stdout
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _pool(server: str, *args: str) -> Result:
+    from click.testing import CliRunner
+    from pooling_client.cli import main
+
+    return CliRunner().invoke(main, ["--url", server, *args], catch_exceptions=False)
+
+
+def test_cli_pools_a_folder_of_arrays_and_images_as_torch_does(server, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    arrays = {f"x{i}": rng.standard_normal((2, 3, 9, 8)).astype(np.float32) for i in range(3)}
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "photo.png")
+    done = _pool(
+        server,
+        "max2d",
+        str(folder),
+        "--kernel-size",
+        "3,2",
+        "--stride",
+        "2",
+        "--return-indices",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert done.exit_code == 0, done.output
+    for name, array in arrays.items():
+        want, want_indices = F.max_pool2d(torch.from_numpy(array), (3, 2), 2, return_indices=True)
+        with np.load(tmp_path / "out" / f"{name}.npz") as archive:
+            np.testing.assert_array_equal(archive["output"], want.numpy())
+            np.testing.assert_array_equal(archive["indices"], want_indices.numpy())
+    image = torch.from_numpy(np.moveaxis(pixels, -1, 0)[None].astype(np.float32))
+    with np.load(tmp_path / "out" / "photo.npz") as archive:
+        np.testing.assert_array_equal(archive["output"], F.max_pool2d(image, (3, 2), 2).numpy())
+    # An image out: the average of each 2×2 block, rounded to the nearest pixel value.
+    done = _pool(server, "avg2d", str(folder / "photo.png"), "--kernel-size", "2", "-o", str(tmp_path / "small.png"))
+    assert done.exit_code == 0, done.output
+    small = np.asarray(Image.open(tmp_path / "small.png"))
+    want = np.rint(F.avg_pool2d(image.double(), 2)[0].numpy()).astype(np.uint8)
+    np.testing.assert_array_equal(np.moveaxis(small, -1, 0), want)
+
+
+def test_cli_unpools_an_npz_and_answers_dry_runs(server, tmp_path):
+    x = torch.from_numpy(np.random.default_rng(6).standard_normal((1, 2, 8, 8)).astype(np.float32))
+    pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    np.savez(tmp_path / "pooled.npz", input=pooled.numpy(), indices=indices.numpy())
+    done = _pool(
+        server, "max-unpool2d", str(tmp_path / "pooled.npz"), "--kernel-size", "2", "-o", str(tmp_path / "u.npy")
+    )
+    assert done.exit_code == 0, done.output
+    np.testing.assert_array_equal(np.load(tmp_path / "u.npy"), F.max_unpool2d(pooled, indices, 2).numpy())
+    done = _pool(
+        server, "max3d", "--input-shape", "[1,2,9,9,9]", "--kernel-size", "2", "--padding", "same", "--dry-run"
+    )
+    assert done.exit_code == 0, done.output
+    plan = orjson.loads(done.output)
+    assert plan["shape"] == [1, 2, 5, 5, 5] and plan["padding"] == [[0, 1], [0, 1], [0, 1]]
+
+
+def test_cli_lists_operations_and_their_parameters(server):
+    listed = _pool(server, "ops")
+    assert [line.split()[0] for line in listed.output.splitlines()] == list(OPERATIONS)
+    described = _pool(server, "ops", "fractional-max2d")
+    for name in OPERATIONS["fractional-max2d"].params.model_fields:
+        if name != "input":
+            assert f"--{name.replace('_', '-')} (" in described.output
+    helped = _pool(server, "lp2d", "--help")
+    assert "--norm-type" in helped.output and "torch.nn.functional.lp_pool2d" in helped.output
+
+
+def test_cli_exits_1_with_the_problem_and_its_request_id(server, tmp_path):
+    np.save(tmp_path / "x.npy", X)
+    done = _pool(server, "max2d", str(tmp_path / "x.npy"), "--kernel-size", "0")
+    assert done.exit_code == 1
+    assert "422 Unprocessable Entity" in done.output and "query.kernel_size" in done.output
+    assert re.search(r"request id: [0-9a-f]{32}", done.output)
+    missing = _pool(server, "max2d", str(tmp_path / "nothing-*.npy"), "--kernel-size", "2")
+    assert missing.exit_code == 2 and "no such file" in missing.output

@@ -134,9 +134,9 @@ def test_a_browser_preflight_is_answered_before_any_key_is_asked_for(make_client
     assert refused.headers["access-control-allow-origin"] == "https://app.example"
 
 
-def test_codecs_operation_table_and_client_import_neither_torch_nor_fastapi():
+def test_codecs_and_operation_table_import_neither_torch_nor_fastapi():
     probe = (
-        "import sys, app.codecs, app.dtypes, app.operations, app.planning, app.client\n"
+        "import sys, app.codecs, app.dtypes, app.operations, app.planning\n"
         "heavy = sorted(m for m in ('torch', 'fastapi', 'starlette') if m in sys.modules)\n"
         "print(','.join(heavy))"
     )

@@ -1,0 +1,3 @@
+from pooling_client.cli import main
+
+main()
