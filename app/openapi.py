@@ -34,6 +34,7 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+    error: str | None = Field(None, description="The Open Inference Protocol's error message (its routes only).")
 
 
 class PoolResponse(BaseModel):
@@ -73,9 +74,11 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 BINARY_NOTE = (
     "\n\nBinary form: send the raw `.npy` as the body with `Content-Type: application/x-npy` "
     "(or an uncompressed `.npz` with members `input`{extra} as `application/x-npz`) and the parameters as "
-    "query parameters (`?kernel_size=3,2&return_indices=true`). The answer follows `Accept`: "
-    "`application/x-npz` (default for binary requests), `application/x-npy` (the output alone) "
-    "or `application/json`."
+    "query parameters (`?kernel_size=3,2&return_indices=true`; a boolean there may also be written "
+    "`1`/`0`, `yes`/`no` or `on`/`off`, while a JSON body takes only `true` and `false`). The answer "
+    "follows `Accept`: `application/x-npz` (default for binary requests), `application/x-npy` (the "
+    "output alone) or `application/json`, whose tensors then come back as `{\"npy_base64\": ...}`, "
+    "as the input came, unless `output_encoding` asks for `json` or `flat`."
 )
 
 
@@ -100,6 +103,26 @@ def _errors(statuses: dict[int, str], problem: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def _query_parameters(operation: Operation) -> list[dict[str, Any]]:
+    """The binary form's parameters, which travel in the query: every field but the tensors.
+    A list is written comma-separated (`kernel_size=3,2`) or as JSON; a boolean as true/false,
+    1/0, yes/no or on/off."""
+    schema = operation.params.model_json_schema()
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "style": "form",
+            "explode": False,
+            "description": f"Binary form only (a .npy or .npz body): {spec.get('description', '')}",
+            "schema": {key: value for key, value in spec.items() if key not in ("title", "description")},
+        }
+        for name, spec in schema["properties"].items()
+        if name not in ("input", "indices")
+    ]
+
+
 def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pooling endpoint's OpenAPI paths, and the component schemas they refer to."""
     refs, definitions = models_json_schema(
@@ -118,6 +141,7 @@ def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], di
                 "summary": f"{operation.family.summary} ({operation.rank}D)",
                 "description": _describe(operation),
                 "operationId": f"pool-{operation.name}",
+                "parameters": _query_parameters(operation),
                 "requestBody": {"required": True, "content": {JSON: request, NPY: BINARY, NPZ: BINARY}},
                 "responses": {
                     # JSON first: the docs page's Accept follows the first media type.
@@ -135,11 +159,14 @@ def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], di
             "summary": "Inference (pooling) per the protocol",
             "operationId": "v2-infer",
             "parameters": [{"name": "op", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {JSON: {"schema": INFER_REQUEST}}},
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": INFER_REQUEST}, OCTET_STREAM: BINARY},
+            },
             "responses": {
                 "200": {
                     "description": "The outputs, as JSON or with the binary tensor data extension",
-                    "content": {JSON: {"schema": {"type": "object"}}, OCTET_STREAM: BINARY},
+                    "content": {JSON: {"schema": INFER_RESPONSE}, OCTET_STREAM: BINARY},
                 },
                 **_errors(INFER_ERRORS, problem),
             },
@@ -158,30 +185,96 @@ def schema_builder(app: FastAPI, operations: dict[str, Operation], keys: bool) -
         paths, definitions = endpoint_paths(operations)
         schema["paths"].update(paths)
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+        _problems_everywhere(schema)
+        for path, methods in schema["paths"].items():
+            for method, spec in methods.items():
+                if needs_key(method.upper(), path):
+                    # Declared whatever this server's settings: any deployment may set keys.
+                    spec["responses"]["401"] = {
+                        "description": "An API key is configured and the request lacks a valid one",
+                        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    }
+                    if keys:
+                        spec["security"] = [{"bearer": []}, {"apiKey": []}]
         if keys:
             # The docs page's Authorize button: either header carries the key.
             schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             }
-            for path, methods in schema["paths"].items():
-                for method, spec in methods.items():
-                    if needs_key(method.upper(), path):
-                        spec["security"] = [{"bearer": []}, {"apiKey": []}]
-                        spec["responses"]["401"] = {
-                            "description": "An API key is configured and the request lacks a valid one"
-                        }
         app.openapi_schema = schema
         return schema
 
     return openapi
 
 
+# The readiness routes answer 503 with their own body while the service drains.
+READINESS = {
+    "/readyz": 'Draining: {"status": "draining"}',
+    "/v2/health/ready": 'Draining: {"ready": false}',
+}
+
+
+def _problems_everywhere(schema: dict[str, Any]) -> None:
+    """Every error is answered as problem+json: FastAPI's own routes declare their 422 as
+    `application/json` with its validation model, so those are restated, and every route
+    may answer 503 while the service is shutting down or shedding load."""
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path, methods in schema["paths"].items():
+        for spec in methods.values():
+            for status, response in spec["responses"].items():
+                if int(status) >= 400 and JSON in response.get("content", {}):
+                    response["content"] = {PROBLEM_JSON: {"schema": problem}}
+            if path in READINESS:
+                spec["responses"]["503"] = {"description": READINESS[path], "content": {JSON: {"schema": {}}}}
+            else:
+                spec["responses"].setdefault(
+                    "503",
+                    {
+                        "description": "Refused: too many connections, or shutting down",
+                        "content": {PROBLEM_JSON: {"schema": problem}},
+                    },
+                )
+    schemas = schema["components"]["schemas"]
+    text = str(schema["paths"])
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f"/{unused}'" not in text:
+            schemas.pop(unused, None)
+
+
+# A parameter's value in the protocol: the pooling parameters by the service's names, and the
+# protocol's own (binary_data, binary_data_size, ...).
+PARAMETER = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "array", "items": {}}]}
+PARAMETERS = {"type": "object", "additionalProperties": PARAMETER}
+INFER_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": PARAMETERS,
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": ["output", "indices"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": list(BY_PROTOCOL)},
+                    "data": {"type": "array", "items": {}, "description": "Absent when sent as binary data."},
+                    "parameters": PARAMETERS,
+                },
+                "required": ["name", "shape", "datatype"],
+            },
+        },
+    },
+    "required": ["model_name", "outputs"],
+}
 INFER_REQUEST: dict[str, Any] = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "parameters": {"type": "object", "description": "The pooling parameters, by the service's names."},
+        "parameters": {**PARAMETERS, "description": "The pooling parameters, by the service's names."},
         "inputs": {
             "type": "array",
             "items": {
@@ -191,12 +284,19 @@ INFER_REQUEST: dict[str, Any] = {
                     "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                     "datatype": {"type": "string", "enum": list(BY_PROTOCOL)},
                     "data": {"type": "array", "items": {}},
-                    "parameters": {"type": "object"},
+                    "parameters": PARAMETERS,
                 },
                 "required": ["name", "shape", "datatype"],
             },
         },
-        "outputs": {"type": "array", "items": {"type": "object"}},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "enum": ["output", "indices"]}, "parameters": PARAMETERS},
+                "required": ["name"],
+            },
+        },
     },
     "required": ["inputs"],
     "example": {

@@ -260,6 +260,10 @@ QUERY_BOOLEANS = {
     "no": False,
     "on": True,
     "off": False,
+    "t": True,
+    "f": False,
+    "y": True,
+    "n": False,
 }
 
 

@@ -247,7 +247,9 @@ def test_an_npy_of_subarrays_is_422(client):
     assert_problem(client.post("/pool/max1d?kernel_size=1", content=body, headers=NPY), 422)
 
 
-@pytest.mark.parametrize(("text", "value"), [("1", True), ("yes", True), ("on", True), ("True", True), ("0", False)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("1", True), ("yes", True), ("on", True), ("True", True), ("0", False), ("t", True), ("N", False)]
+)
 def test_query_booleans_take_the_lax_forms(client, text, value):
     x = np.arange(5, dtype=np.float32)[None, None]
     response = client.post(
