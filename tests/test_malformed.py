@@ -248,7 +248,8 @@ def test_an_npy_of_subarrays_is_422(client):
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("1", True), ("yes", True), ("on", True), ("True", True), ("0", False), ("t", True), ("N", False)]
+    ("text", "value"),
+    [("1", True), ("yes", True), ("on", True), ("True", True), ("0", False), ("t", True), ("N", False)],
 )
 def test_query_booleans_take_the_lax_forms(client, text, value):
     x = np.arange(5, dtype=np.float32)[None, None]
