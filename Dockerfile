@@ -5,6 +5,9 @@
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
 #                --build-arg TORCH_DEVICE=cuda -t pooling-service:cuda .
 #
+# Pick a CUDA index that has the torch pyproject.toml pins and that the host's driver supports.
+# (Not built or run by the project's tests, which have no GPU.)
+#
 # Build arguments:
 #   PYTHON_IMAGE  base image with python (3.11+), its venv module and CA certificates
 #   TORCH_INDEX   the package index torch is taken from, and only torch
@@ -12,23 +15,33 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# The dependencies pyproject.toml names, as two requirement files: torch's pin, and the rest.
+# Later steps copy these files, so an edit to pyproject.toml that leaves them alone rebuilds nothing.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /
+RUN python -c 'import re, tomllib; deps = [d.replace(" ", "") for d in tomllib.load(open("/pyproject.toml", "rb"))["project"]["dependencies"]]; \
+open("/torch.txt", "w").write("".join(d + "\n" for d in deps if re.match("torch==", d))); \
+open("/requirements.txt", "w").write("".join(d + "\n" for d in deps if not re.match("torch==", d)))'
+
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-WORKDIR /src
-COPY pyproject.toml ./
-# torch first, on its own and from TORCH_INDEX alone, at the version pyproject.toml pins:
-# with any other index in reach pip would take PyPI's default build (CUDA, several GB) when
-# TORCH_INDEX cannot be reached. Then the other dependencies, from PyPI. (Each build argument
+# torch first, on its own and from TORCH_INDEX alone: with any other index in reach, pip takes
+# PyPI's default build (CUDA, several GB) when TORCH_INDEX cannot be reached. Its local version
+# (+cpu, +cu126, +rocm6.4; none is PyPI's CUDA build) is checked at once, before anything else is
+# installed, and the build itself once torch can be imported. (Each build argument
 # is declared just before the step that uses it: it is part of the cache key of every step after.)
+COPY --from=requirements /torch.txt /tmp/
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
-print(*(d.replace(" ", "") for d in deps), sep="\n")' > requirements.txt \
- && /opt/venv/bin/pip install --retries 2 --timeout 30 --no-deps --index-url "${TORCH_INDEX}" "$(grep -E '^torch==' requirements.txt)" \
- && /opt/venv/bin/pip install -r requirements.txt
-# The build fails unless torch is the build that was asked for.
 ARG TORCH_DEVICE=cpu
-RUN /opt/venv/bin/python -c "import sys, torch; built = 'cuda' if torch.version.cuda else 'cpu'; \
+RUN /opt/venv/bin/pip install --retries 2 --timeout 30 --no-deps --index-url "${TORCH_INDEX}" -r /tmp/torch.txt \
+ && /opt/venv/bin/python -c "import sys; from importlib.metadata import version; v = version('torch'); \
+local = v.partition('+')[2]; built = 'cpu' if local == 'cpu' else 'rocm' if local.startswith('rocm') else 'cuda'; \
+sys.exit(0 if built == '${TORCH_DEVICE}' else f'torch {v} is a {built} build; TORCH_DEVICE asks for ${TORCH_DEVICE}')"
+# Then the service's other dependencies, from PyPI.
+COPY --from=requirements /requirements.txt /tmp/
+RUN /opt/venv/bin/pip install -r /tmp/requirements.txt \
+ && /opt/venv/bin/python -c "import sys, torch; built = 'cuda' if torch.version.cuda else 'rocm' if torch.version.hip else 'cpu'; \
 print(f'torch {torch.__version__} ({built} build)'); \
 sys.exit(0 if built == '${TORCH_DEVICE}' else f'torch {torch.__version__} is a {built} build; TORCH_DEVICE asks for ${TORCH_DEVICE}')"
 
@@ -36,6 +49,7 @@ FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
     POOL_DEVICE=auto \
     POOL_HOST=0.0.0.0 \
     POOL_PORT=8000
@@ -50,6 +64,6 @@ RUN python -m compileall -q app
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # uvicorn serving app.main:app with uvloop and httptools; POOL_WORKERS sets its processes.
 CMD ["python", "-m", "app"]

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,9 +46,6 @@ CACHE = Path(os.environ.get("POOL_IMAGE_TEST_CACHE", "/var/cache/pooling-service
 ARTIFACTS = ROOT / "test-artifacts"
 PROJECT = "pooltest"  # the compose project's name
 SMOKE = "pool-image-smoke"  # the single container's name
-# The base images, made from Debian's packages; a tag changes with its recipe.
-PYTHON_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
-NGINX_PACKAGES = "nginx-light,wget,ca-certificates"
 
 
 def _compose_command() -> list[str] | None:
@@ -78,21 +76,27 @@ def _run(args: list[str], env: dict[str, str], timeout: float, check: bool = Tru
 
 
 class Engine:
-    """A dockerd of the test's own: its socket, and `docker` bound to it."""
+    """A dockerd of the test's own (its state and run folders under CACHE, its own containerd
+    namespace), and `docker` bound to its socket."""
 
-    def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
-        self.socket = scratch / "docker.sock"
+    def __init__(self) -> None:
+        self.run = CACHE / "run"
+        self._clean_run_folder()
+        self.run.mkdir()
+        self.socket = self.run / "docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0"}
-        self.log = (scratch / "dockerd.log").open("wb")
+        self.log_path = CACHE / "dockerd.log"
+        self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
                 "dockerd",
                 "--data-root", str(CACHE / "docker"),
-                "--exec-root", str(scratch / "exec"),
+                "--exec-root", str(self.run / "exec"),
                 "-H", f"unix://{self.socket}",
-                "--pidfile", str(scratch / "dockerd.pid"),
+                "--pidfile", str(self.run / "dockerd.pid"),
                 "--exec-opt", "native.cgroupdriver=cgroupfs",
+                "--containerd-namespace", "pooling-image-test",
+                "--containerd-plugins-namespace", "pooling-image-test-plugins",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -100,8 +104,24 @@ class Engine:
         deadline = time.monotonic() + 60
         while self.docker("info", check=False, timeout=10).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"dockerd did not start; its log: {scratch / 'dockerd.log'}")
+                self.stop()
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise EngineUnavailable(f"dockerd did not start; the end of its log:\n{tail}")
             time.sleep(0.5)
+
+    def _clean_run_folder(self) -> None:
+        """Ends a dockerd that a run cut short left behind, and unmounts what it left mounted."""
+        pidfile = self.run / "dockerd.pid"
+        if pidfile.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                pid = int(pidfile.read_text())
+                if "dockerd" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                    os.kill(pid, signal.SIGKILL)
+                    time.sleep(1)
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{self.run}/")), reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
+        shutil.rmtree(self.run, ignore_errors=True)
 
     def docker(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(["docker", *args], self.env, timeout, check)
@@ -128,51 +148,81 @@ class Engine:
             self.process.kill()
             self.process.wait()
         self.log.close()
-        # dockerd leaves its network namespace mounted under the exec root.
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-        for mount in sorted((m for m in mounts if m.startswith(f"{self.scratch}/")), reverse=True):
-            subprocess.run(["umount", "-l", mount], check=False)
+        self._clean_run_folder()  # dockerd leaves its network namespace mounted there
+
+
+class EngineUnavailable(Exception):
+    pass
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
     missing = _missing()
     if missing:
-        reason = f"no Docker engine can start here: missing {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        _unavailable(f"no Docker engine can start here: missing {', '.join(missing)}")
     CACHE.mkdir(parents=True, exist_ok=True)
     # One engine per cache folder at a time.
-    with (CACHE / "lock").open("w") as lock, tempfile.TemporaryDirectory(prefix="pool-dockerd-") as scratch:
+    with (CACHE / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        engine = Engine(Path(scratch))
+        try:
+            engine = Engine()
+        except EngineUnavailable as error:
+            _unavailable(str(error))
         try:
             engine.clear()
             yield engine
             engine.clear()
-            # Layers of earlier builds that no image uses any more.
-            engine.docker("image", "prune", "-f")
+            _forget_old_images(engine)
         finally:
             engine.stop()
 
 
-def _base_image(engine: Engine, name: str, packages: str, changes: tuple[str, ...] = ()) -> str:
-    """A Debian bookworm image with these packages, and the machine's CA certificates and a
-    pip.conf that trusts them (the build reaches PyPI through this machine's network)."""
-    hooks = (
-        'cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"',
-        'printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > "$1/etc/pip.conf"',
-    )
-    recipe = json.dumps([packages, hooks, changes])
-    tag = f"pool-test/{name}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+def _forget_old_images(engine: Engine) -> None:
+    """Base images of earlier recipes, then layers no image uses any more: the cache holds what
+    the next run builds from, and no more."""
+    current = {f"pool-test/{name}:{_recipe_tag(*recipe)}" for name, recipe in BASES.items()}
+    for tag in engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", "pool-test/*").stdout.split():
+        if tag.split(":")[0] in {f"pool-test/{name}" for name in BASES} and tag not in current:
+            engine.docker("rmi", tag, check=False)
+    engine.docker("image", "prune", "-f")
+
+
+HOOKS = (
+    'cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"',
+    'printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > "$1/etc/pip.conf"',
+)
+# name -> (Debian packages, `docker import --change` instructions)
+BASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "python": ("python3,python3-venv,python-is-python3,ca-certificates", ()),
+    "nginx": ("nginx-light,wget,ca-certificates", ('CMD ["nginx", "-g", "daemon off;"]',)),
+}
+
+
+def _recipe_tag(packages: str, changes: tuple[str, ...]) -> str:
+    """Changes with the recipe, and with this machine's CA certificates, which go into the image."""
+    certificates = hashlib.sha256(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps([packages, HOOKS, changes, certificates]).encode()).hexdigest()[:12]
+
+
+def _base_image(engine: Engine, name: str) -> str:
+    """A Debian bookworm image with the packages of BASES[name], and the machine's CA
+    certificates and a pip.conf that trusts them (builds reach PyPI through this machine's
+    network)."""
+    packages, changes = BASES[name]
+    tag = f"pool-test/{name}:{_recipe_tag(packages, changes)}"
     if engine.docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
     with tempfile.TemporaryDirectory(prefix="pool-base-") as folder:
         tarball = Path(folder) / "base.tar"
-        hook_args = [f"--customize-hook={hook}" for hook in hooks]
+        hooks = [f"--customize-hook={hook}" for hook in HOOKS]
         _run(
-            ["mmdebstrap", "--variant=minbase", f"--include={packages}", *hook_args, "bookworm", str(tarball)],
+            ["mmdebstrap", "--variant=minbase", f"--include={packages}", *hooks, "bookworm", str(tarball)],
             engine.env,
             600,
         )
@@ -195,15 +245,20 @@ def _torch_index() -> Iterator[str]:
     wheels = CACHE / "torch-wheels"
     pin = _torch_pin()
     version = pin.split("==")[1]
-    found = sorted(wheels.glob(f"torch-{version}*.whl"))
+    for old in wheels.glob("torch-*.whl"):  # wheels of earlier pins
+        if not old.name.startswith(f"torch-{version}+"):
+            old.unlink()
+    found = sorted(wheels.glob(f"torch-{version}+cpu-*.whl"))
     if not found:
+        # For the image's Python (Debian bookworm's 3.11), whatever this environment runs.
+        target = ["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", "--only-binary=:all:"]
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", pin, "-d", str(wheels)],
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *target, pin, "-d", str(wheels)],
             check=True,
             timeout=900,
         )
-        found = sorted(wheels.glob(f"torch-{version}*.whl"))
-    assert found, f"pip download {pin} gave no wheel"
+        found = sorted(wheels.glob(f"torch-{version}+cpu-*.whl"))
+    assert found, f"pip download {pin} gave no CPU wheel; set POOL_IMAGE_TEST_TORCH_INDEX to an index that has one"
     with tempfile.TemporaryDirectory(prefix="pool-index-") as folder:
         project = Path(folder) / "simple" / "torch"
         project.mkdir(parents=True)
@@ -254,7 +309,7 @@ def torch_index() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def image(engine: Engine, torch_index: str) -> Image:
-    base = _base_image(engine, "python", PYTHON_PACKAGES)
+    base = _base_image(engine, "python")
     started = time.monotonic()
     build = _build(engine, "pooling-service:latest", f"PYTHON_IMAGE={base}", f"TORCH_INDEX={torch_index}")
     build_s = time.monotonic() - started
@@ -358,7 +413,8 @@ def test_the_image_serves_read_only_and_stops_cleanly(engine: Engine, image: Ima
     while (health := engine.docker("inspect", "-f", "{{.State.Health.Status}}", SMOKE).stdout.strip()) != "healthy":
         assert health == "starting" and time.monotonic() < deadline, health
         time.sleep(1)
-    settings = Settings()
+    # The container runs with the defaults: the drain and the grace for requests in flight.
+    settings = Settings.model_construct()
     started = time.monotonic()
     engine.docker("stop", "-t", "60", SMOKE)
     stop_s = time.monotonic() - started
@@ -384,7 +440,7 @@ def _requests_per_replica(engine: Engine) -> Counter[str]:
 
 
 def test_compose_spreads_requests_over_three_replicas_behind_nginx(engine: Engine, image: Image) -> None:
-    nginx = _base_image(engine, "nginx", NGINX_PACKAGES, ('CMD ["nginx", "-g", "daemon off;"]',))
+    nginx = _base_image(engine, "nginx")
     port = free_port()
     env = {"NGINX_IMAGE": nginx, "POOL_HOST_PORT": str(port), "POOL_REPLICAS": "3"}
     started = time.monotonic()
