@@ -86,6 +86,10 @@ class Gate:
                 await response(scope, receive, send_with_headers)
                 return
             await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Answered with a 500 by the server-error middleware outside, after this returns.
+            status = status or 500
+            raise
         finally:
             self._record(scope, rid, status, sent, time.perf_counter() - started)
 

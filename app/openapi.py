@@ -77,7 +77,7 @@ BINARY_NOTE = (
     "query parameters (`?kernel_size=3,2&return_indices=true`; a boolean there may also be written "
     "`1`/`0`, `yes`/`no` or `on`/`off`, while a JSON body takes only `true` and `false`). The answer "
     "follows `Accept`: `application/x-npz` (default for binary requests), `application/x-npy` (the "
-    "output alone) or `application/json`, whose tensors then come back as `{\"npy_base64\": ...}`, "
+    'output alone) or `application/json`, whose tensors then come back as `{{"npy_base64": ...}}`, '
     "as the input came, unless `output_encoding` asks for `json` or `flat`."
 )
 
@@ -104,23 +104,29 @@ def _errors(statuses: dict[int, str], problem: dict[str, Any]) -> dict[str, Any]
 
 
 def _query_parameters(operation: Operation) -> list[dict[str, Any]]:
-    """The binary form's parameters, which travel in the query: every field but the tensors.
-    A list is written comma-separated (`kernel_size=3,2`) or as JSON; a boolean as true/false,
-    1/0, yes/no or on/off."""
+    """The binary form's parameters, which travel in the query: every field but the tensors and
+    the dry run's (a dry run has no body to carry). A list is written comma-separated
+    (`kernel_size=3,2`, OpenAPI's form style) or as JSON, which a list of lists needs
+    (`padding=[[0,1],[1,0]]`); a boolean as true/false, 1/0, yes/no or on/off."""
     schema = operation.params.model_json_schema()
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "style": "form",
-            "explode": False,
-            "description": f"Binary form only (a .npy or .npz body): {spec.get('description', '')}",
-            "schema": {key: value for key, value in spec.items() if key not in ("title", "description")},
-        }
-        for name, spec in schema["properties"].items()
-        if name not in ("input", "indices")
-    ]
+    parameters = []
+    for name, spec in schema["properties"].items():
+        if name in ("input", "indices", "dry_run", "input_shape"):
+            continue
+        listed = any(choice.get("type") == "array" for choice in spec.get("anyOf", [spec]))
+        how = " A list: comma-separated, or as JSON (a list of lists must be)." if listed else ""
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "style": "form",
+                "explode": False,
+                "description": f"Binary form only (a .npy or .npz body): {spec.get('description', '')}{how}",
+                "schema": {key: item for key, item in spec.items() if key not in ("title", "description")},
+            }
+        )
+    return parameters
 
 
 def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -246,6 +252,26 @@ def _problems_everywhere(schema: dict[str, Any]) -> None:
 # protocol's own (binary_data, binary_data_size, ...).
 PARAMETER = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "array", "items": {}}]}
 PARAMETERS = {"type": "object", "additionalProperties": PARAMETER}
+
+
+def _tensors(names: list[str]) -> dict[str, Any]:
+    """The protocol's tensors: name, shape, datatype, data (absent when sent as binary data)."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "enum": names},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"type": "string", "enum": list(BY_PROTOCOL)},
+                "data": {"type": "array", "items": {}, "description": "Absent when sent as binary data."},
+                "parameters": PARAMETERS,
+            },
+            "required": ["name", "shape", "datatype"],
+        },
+    }
+
+
 INFER_RESPONSE: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -253,20 +279,7 @@ INFER_RESPONSE: dict[str, Any] = {
         "model_version": {"type": "string"},
         "id": {"type": "string"},
         "parameters": PARAMETERS,
-        "outputs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "enum": ["output", "indices"]},
-                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                    "datatype": {"type": "string", "enum": list(BY_PROTOCOL)},
-                    "data": {"type": "array", "items": {}, "description": "Absent when sent as binary data."},
-                    "parameters": PARAMETERS,
-                },
-                "required": ["name", "shape", "datatype"],
-            },
-        },
+        "outputs": _tensors(["output", "indices"]),
     },
     "required": ["model_name", "outputs"],
 }
@@ -275,20 +288,7 @@ INFER_REQUEST: dict[str, Any] = {
     "properties": {
         "id": {"type": "string"},
         "parameters": {**PARAMETERS, "description": "The pooling parameters, by the service's names."},
-        "inputs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "enum": ["input", "indices"]},
-                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                    "datatype": {"type": "string", "enum": list(BY_PROTOCOL)},
-                    "data": {"type": "array", "items": {}},
-                    "parameters": PARAMETERS,
-                },
-                "required": ["name", "shape", "datatype"],
-            },
-        },
+        "inputs": _tensors(["input", "indices"]),
         "outputs": {
             "type": "array",
             "items": {

@@ -343,3 +343,157 @@ def test_cli_exits_1_with_the_problem_and_its_request_id(server, tmp_path):
     assert re.search(r"request id: [0-9a-f]{32}", done.output)
     missing = _pool(server, "max2d", str(tmp_path / "nothing-*.npy"), "--kernel-size", "2")
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_json_transport_keeps_every_dtype_exact(server):
+    big = np.array([[[2**53 + 1, 5, 2**62 + 3, -(2**63)]]], dtype=np.int64)
+    with PoolClient(server, transport="json") as client:
+        pooled = client.max1d(big, kernel_size=2)
+        assert pooled.dtype == np.int64 and pooled.tolist() == [[[2**53 + 1, 2**62 + 3]]]
+        small = client.max1d(np.array([[[1, 250, 3, 4]]], np.uint8), kernel_size=2)
+        assert small.dtype == np.uint8 and small.tolist() == [[[250, 4]]]
+        assert client.max1d(np.zeros((0, 1, 4), np.float16), kernel_size=2).shape == (0, 1, 2)
+        unbatched = client.avg1d(np.arange(6, dtype=np.float64).reshape(2, 3), kernel_size=3)
+        assert unbatched.dtype == np.float64 and unbatched.tolist() == [[1.0], [4.0]]
+
+
+@pytest.mark.parametrize("transport", ["binary", "json"])
+def test_parameters_the_way_python_writes_them(server, transport):
+    x = np.random.default_rng(3).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    with PoolClient(server, transport=transport) as client:
+        # An Lp norm of infinity is the largest magnitude... as torch computes it.
+        np.testing.assert_allclose(
+            client.lp2d(x, kernel_size=np.int64(2), norm_type=float("inf")),
+            F.lp_pool2d(torch.from_numpy(x), float("inf"), 2).numpy(),
+            rtol=1e-6,
+        )
+        # A required parameter's None is a value: an adaptive pool keeps that size.
+        kept = client.adaptive_avg2d(x, output_size=[None, 3])
+        np.testing.assert_allclose(kept, F.adaptive_avg_pool2d(torch.from_numpy(x), (None, 3)).numpy(), rtol=1e-6)
+        # dtype: the tensor is sent in it.
+        wide = client.max2d(x, kernel_size=2, dtype="float64")
+        assert wide.dtype == np.float64
+        np.testing.assert_array_equal(wide, F.max_pool2d(torch.from_numpy(x).double(), 2).numpy())
+
+
+def test_a_given_http_client_is_left_as_it_was(server):
+    http = httpx.Client(base_url=server)
+    with PoolClient(http=http, api_key="k-1") as client:
+        client.max1d(np.array([[[1.0, 2.0]]], np.float32), kernel_size=2)
+    assert "authorization" not in http.headers
+
+
+def test_cli_names_outputs_apart_and_reads_its_own_outputs(server, tmp_path):
+    from PIL import Image
+
+    x = torch.from_numpy(np.random.default_rng(7).standard_normal((1, 2, 8, 8)).astype(np.float32))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "x.npy", x.numpy())
+    clash = _pool(
+        server,
+        "max2d",
+        str(tmp_path / "a" / "x.npy"),
+        str(tmp_path / "b" / "x.npy"),
+        "--kernel-size",
+        "2",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert clash.exit_code == 2 and "name them apart" in clash.output and not (tmp_path / "out").exists()
+    # `-o folder/` is a folder even for one input; the file is written where it is named.
+    done = _pool(
+        server,
+        "max2d",
+        str(tmp_path / "a" / "x.npy"),
+        "--kernel-size",
+        "2",
+        "--return-indices",
+        "-o",
+        f"{tmp_path / 'p'}/",
+    )
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "p" / "x.npz").exists()
+    # A max pooling's .npz (output and indices) unpools as it is.
+    done = _pool(
+        server,
+        "max-unpool2d",
+        str(tmp_path / "p" / "x.npz"),
+        "--kernel-size",
+        "2",
+        "-o",
+        str(tmp_path / "u.data"),
+        "--format",
+        "npy",
+    )
+    assert done.exit_code == 0, done.output
+    pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "u.data"), F.max_unpool2d(pooled, indices, 2).numpy())
+    # A second run over a folder does not read the results the first wrote beside the inputs.
+    for _ in range(2):
+        done = _pool(server, "avg2d", str(tmp_path / "a"), "--kernel-size", "2")
+        assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.avg2d.npz", "x.npy"]
+    # An input is never overwritten by its result.
+    same = _pool(
+        server, "avg2d", str(tmp_path / "a" / "x.npy"), "--kernel-size", "2", "-o", str(tmp_path / "a" / "x.npy")
+    )
+    assert same.exit_code == 2 and "would be overwritten" in same.output
+    # 16-bit grey keeps its values.
+    deep = np.random.default_rng(8).integers(0, 65536, (6, 8), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    done = _pool(server, "max2d", str(tmp_path / "deep.png"), "--kernel-size", "2", "-o", str(tmp_path / "deep.npy"))
+    assert done.exit_code == 0, done.output
+    want = F.max_pool2d(torch.from_numpy(deep.astype(np.float32))[None, None], 2).numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "deep.npy"), want)
+
+
+def test_cli_options_of_every_kind(server, tmp_path):
+    x = torch.from_numpy(np.random.default_rng(9).standard_normal((1, 2, 7, 7)).astype(np.float32))
+    np.save(tmp_path / "x.npy", x.numpy())
+    done = _pool(
+        server,
+        "lp2d",
+        str(tmp_path / "x.npy"),
+        "--kernel-size",
+        "2",
+        "--norm-type",
+        "Infinity",
+        "-o",
+        str(tmp_path / "lp.npy"),
+    )
+    assert done.exit_code == 0, done.output
+    np.testing.assert_allclose(np.load(tmp_path / "lp.npy"), F.lp_pool2d(x, float("inf"), 2).numpy(), rtol=1e-6)
+    done = _pool(
+        server,
+        "avg2d",
+        str(tmp_path / "x.npy"),
+        "--kernel-size",
+        "3",
+        "--padding",
+        "1",
+        "--no-count-include-pad",
+        "-o",
+        str(tmp_path / "avg.npy"),
+    )
+    assert done.exit_code == 0, done.output
+    want = F.avg_pool2d(x, 3, padding=1, count_include_pad=False).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "avg.npy"), want, rtol=1e-6)
+    done = _pool(
+        server,
+        "max2d",
+        str(tmp_path / "x.npy"),
+        "--kernel-size",
+        "2",
+        "--padding",
+        "[[0,1],[1,0]]",
+        "-o",
+        str(tmp_path / "m.npy"),
+    )
+    assert done.exit_code == 0, done.output
+    want = F.max_pool2d(F.pad(x, (1, 0, 0, 1), value=-torch.inf), 2).numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), want)
+    refused = _pool(server, "max2d", str(tmp_path / "x.npy"), "--kernel-size", "2", "--output-encoding", "bogus")
+    assert refused.exit_code == 2 and "bogus" in refused.output
+    nowhere = _pool("http://127.0.0.1:9", "max2d", str(tmp_path / "x.npy"), "--kernel-size", "2")
+    assert nowhere.exit_code == 1 and "did not answer" in nowhere.output and "x.npy" in nowhere.output

@@ -48,9 +48,23 @@ class PoolError(Exception):
         super().__init__(f"{status} {self.title}: {self.detail}")
 
 
+def _plain(value: Any) -> Any:
+    """A parameter as JSON can carry it: numpy scalars as Python numbers, non-finite floats as
+    the strings the service reads ("Infinity" for an Lp norm's p)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 def dumps(document: Any) -> bytes:
     if orjson is not None:
-        return orjson.dumps(document)
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -76,47 +90,54 @@ class Call:
     params: dict[str, str] = field(default_factory=dict)
 
 
-def _nested(array: np.ndarray) -> Any:
-    """A nested list; non-finite floats as the strings the service reads ("NaN", "Infinity")."""
-    listed = array.tolist()
-    if array.dtype.kind != "f" or bool(np.isfinite(array).all()):
-        return listed
-
-    def spelled(value: Any) -> Any:
-        if isinstance(value, list):
-            return [spelled(item) for item in value]
-        if math.isnan(value):
-            return "NaN"
-        return value if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
-
-    return spelled(listed)
+def _flat(array: np.ndarray) -> dict[str, Any]:
+    """A tensor in the service's flat JSON form, with its dtype, so integers travel exactly and
+    every dtype comes back as itself; non-finite floats as the strings the service reads."""
+    data = array.reshape(-1).tolist()
+    if array.dtype.kind == "f" and not bool(np.isfinite(array).all()):
+        data = [_plain(value) for value in data]
+    return {"data": data, "shape": list(array.shape), "dtype": str(array.dtype)}
 
 
 def build_call(op: str, x: ArrayLike | None, indices: ArrayLike | None, params: dict[str, Any], transport: str) -> Call:
-    params = {key: value for key, value in params.items() if value is not None}
-    path = f"/pool/{operation_name(op)}"
-    if params.get("dry_run") or transport == "json":
+    name = operation_name(op)
+    required = OPERATIONS[name]["required"]
+    # None means "the service's default", except for a required parameter, where it is a value
+    # (an adaptive pool's output_size of null keeps every size).
+    params = {key: _plain(value) for key, value in params.items() if value is not None or key in required}
+    path = f"/pool/{name}"
+    tensor = None if x is None else np.asarray(x)
+    dtype = params.pop("dtype", None)
+    if tensor is not None and dtype is not None and dtype != "bfloat16":
+        tensor = tensor.astype(dtype)  # the tensor is sent in the dtype asked for
+    if params.get("dry_run") or transport == "json" or dtype == "bfloat16":
         document = dict(params)
-        if x is not None:
-            document["input"] = _nested(np.asarray(x))
+        if dtype is not None and tensor is None:
+            document["dtype"] = dtype
+        if tensor is not None:
+            document["input"] = _flat(tensor)
+            if dtype == "bfloat16":  # numpy has no bfloat16: the service rounds the values
+                document["input"]["dtype"] = dtype
         if indices is not None:
-            document["indices"] = np.asarray(indices).tolist()
+            document["indices"] = _flat(np.asarray(indices))
         return Call(path, dumps(document), {"content-type": JSON, "accept": JSON})
-    if x is None:
+    if tensor is None:
         raise ValueError("no tensor to send (a dry run takes input_shape instead)")
     out = io.BytesIO()
     if indices is None:
-        np.save(out, np.asarray(x), allow_pickle=False)
+        np.save(out, tensor, allow_pickle=False)
         kind = NPY
     else:
-        np.savez(out, input=np.asarray(x), indices=np.asarray(indices))
+        np.savez(out, input=tensor, indices=np.asarray(indices))
         kind = NPZ
     query = {key: dumps(value).decode() for key, value in params.items()}
     return Call(path, out.getvalue(), {"content-type": kind, "accept": NPZ}, query)
 
 
 def read_answer(response: httpx.Response) -> Any:
-    """The output; (output, indices) when indices came back; a dry run's plan as a dict."""
+    """The output; (output, indices) when indices came back; a dry run's plan as a dict. A
+    bfloat16 output read from JSON comes back as float32 holding the same values (numpy has no
+    bfloat16)."""
     if response.status_code >= 400:
         try:
             problem = loads(response.content)
@@ -152,9 +173,12 @@ def _json_tensor(value: Any, dtype: str) -> np.ndarray:
     return np.array(numbers(value), dtype=carrier)
 
 
+LONGEST_WAIT = 30.0  # seconds: a Retry-After beyond this is waited this long
+
+
 def _retry_after(response: httpx.Response) -> float:
     try:
-        return max(0.0, float(response.headers.get("retry-after", "1")))
+        return min(LONGEST_WAIT, max(0.0, float(response.headers.get("retry-after", "1"))))
     except ValueError:
         return 1.0
 
@@ -178,15 +202,16 @@ class PoolClient(Operations):
         timeout: float = 60.0,
         http: httpx.Client | None = None,
     ) -> None:
-        headers = _http_options(api_key, transport)
+        # The key goes on this client's requests, not into a given http client's defaults.
+        self._auth = _http_options(api_key, transport)
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
-        self._http.headers.update(headers)
         self._transport, self._retries = transport, retries
 
     def pool(self, op: str, x: ArrayLike | None = None, *, indices: ArrayLike | None = None, **params: Any) -> Any:
         call = build_call(op, x, indices, params, self._transport)
         for attempt in range(self._retries + 1):
-            response = self._http.post(call.path, content=call.content, headers=call.headers, params=call.params)
+            headers = {**call.headers, **self._auth}
+            response = self._http.post(call.path, content=call.content, headers=headers, params=call.params)
             if response.status_code != 503 or attempt == self._retries:
                 return read_answer(response)
             time.sleep(_retry_after(response))
@@ -215,9 +240,8 @@ class AsyncPoolClient(AsyncOperations):
         timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        headers = _http_options(api_key, transport)
+        self._auth = _http_options(api_key, transport)
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
-        self._http.headers.update(headers)
         self._transport, self._retries = transport, retries
 
     async def pool(
@@ -225,7 +249,8 @@ class AsyncPoolClient(AsyncOperations):
     ) -> Any:
         call = build_call(op, x, indices, params, self._transport)
         for attempt in range(self._retries + 1):
-            response = await self._http.post(call.path, content=call.content, headers=call.headers, params=call.params)
+            headers = {**call.headers, **self._auth}
+            response = await self._http.post(call.path, content=call.content, headers=headers, params=call.params)
             if response.status_code != 503 or attempt == self._retries:
                 return read_answer(response)
             await asyncio.sleep(_retry_after(response))
