@@ -123,7 +123,8 @@ def _query_parameters(operation: Operation) -> list[dict[str, Any]]:
                 "style": "form",
                 "explode": False,
                 "description": f"Binary form only (a .npy or .npz body): {spec.get('description', '')}{how}",
-                "schema": {key: item for key, item in spec.items() if key not in ("title", "description")},
+                # No default: the docs page fills defaults in, and with a JSON body the query stays empty.
+                "schema": {key: item for key, item in spec.items() if key not in ("title", "description", "default")},
             }
         )
     return parameters
