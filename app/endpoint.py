@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.errors import ClientGone, NotFound, ProblemError, cut, shown
 from app.inference import decode_oip
 from app.native import decode_native
-from app.paths import compute_target
+from app.paths import VERSION, compute_target, model_version
 from app.pipeline import Decoder, Runtime, run_operation
 from app.requests import Incoming
 from app.responses import Answer, Reply, internal_error, problem_of, problem_response
@@ -53,9 +53,12 @@ class PoolEndpoint:
             await response(scope, receive, send)
             return
         try:
+            op, version = model_version(op)
             operation = self.runtime.operations.get(op)
             if operation is None:
                 raise NotFound(f"unknown operation {shown(op)}; GET /pool lists the operations")
+            if version not in (None, VERSION):
+                raise NotFound(f"model {op} has no version {shown(version)}; its one version is {VERSION}")
             response = await run_operation(operation, incoming(scope, receive), self.runtime, DECODERS[door])
         except ProblemError as problem:
             response = problem_of(problem, v2=protocol)

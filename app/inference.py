@@ -13,6 +13,7 @@ and routes the protocol's metadata.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from app.dtypes import BY_PROTOCOL, TABLE
 from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody, shown
 from app.negotiation import JSON, OCTET_STREAM, PROBLEM_JSON
 from app.operations import Operation
+from app.paths import VERSION
 from app.pipeline import Decoded, Job, Runtime
 from app.requests import Incoming
 from app.responses import Answer
@@ -224,7 +226,7 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
             else:
                 entry["data"] = orjson.Fragment(codecs.nested_json(array.reshape(-1)))
             entries.append(entry)
-        body: dict[str, Any] = {"model_name": job.operation.name, "model_version": "1", "outputs": entries}
+        body: dict[str, Any] = {"model_name": job.operation.name, "model_version": VERSION, "outputs": entries}
         if request_id is not None:
             body["id"] = request_id
         seed = job.params.seed()
@@ -257,18 +259,50 @@ def model_metadata(operation: Operation) -> dict[str, Any]:
     outputs = [{"name": "output", "datatype": "FP32", "shape": dims, "parameters": {"datatypes": datatypes}}]
     if operation.family.has_indices:
         outputs.append({"name": "indices", "datatype": "INT64", "shape": dims})
-    return {"name": operation.name, "versions": ["1"], "platform": "pytorch", "inputs": inputs, "outputs": outputs}
+    return {"name": operation.name, "versions": [VERSION], "platform": "pytorch", "inputs": inputs, "outputs": outputs}
+
+
+def model_config(operation: Operation) -> dict[str, Any]:
+    """The model's configuration as Triton describes one: its inputs and outputs, and each
+    pooling parameter (required or its default, and its JSON schema) in `parameters`."""
+
+    def tensor(name: str, datatype: str) -> dict[str, Any]:
+        return {"name": name, "data_type": f"TYPE_{datatype}", "dims": [-1] * (operation.rank + 2)}
+
+    inputs = [tensor("input", "FP32")] + [tensor(name, "INT64") for name in operation.family.extra_tensors]
+    outputs = [tensor("output", "FP32")] + ([tensor("indices", "INT64")] if operation.family.has_indices else [])
+    schema = operation.params.model_json_schema()
+    required = set(schema.get("required", []))
+    parameters = {
+        name: {"string_value": orjson.dumps({"required": name in required, **spec}).decode()}
+        for name, spec in schema["properties"].items()
+        if name not in NOT_PARAMETERS and name != "indices"
+    }
+    return {
+        "name": operation.name,
+        "platform": "pytorch",
+        "backend": "pooling",
+        "version_policy": {"specific": {"versions": [VERSION]}},
+        "max_batch_size": 0,
+        "input": inputs,
+        "output": outputs,
+        "parameters": parameters,
+    }
 
 
 def inference_router(runtime: Runtime) -> APIRouter:
-    """The protocol's server and model metadata; its `infer` is the pooling endpoint's."""
+    """The protocol's server and model metadata, configuration and repository index; its
+    `infer` is the pooling endpoint's. Every model route is also served under
+    `/versions/1`, the one version each model has."""
     router = APIRouter(prefix="/v2", tags=["open inference protocol"])
     operations = runtime.operations
 
-    def operation_of(op: str) -> Operation:
+    def operation_of(op: str, version: str | None = None) -> Operation:
         operation = operations.get(op)
         if operation is None:
             raise NotFound(f"no model {shown(op)}; GET /pool lists the operations, each a model")
+        if version is not None and version != VERSION:
+            raise NotFound(f"model {op} has no version {shown(version)}; its one version is {VERSION}")
         return operation
 
     @router.get("", summary="Server metadata", operation_id="v2-server")
@@ -287,12 +321,32 @@ def inference_router(runtime: Runtime) -> APIRouter:
 
     unknown: dict[int | str, dict[str, Any]] = {404: {"description": "No such model", "content": {PROBLEM_JSON: {}}}}
 
-    @router.get("/models/{op}", summary="Model metadata", operation_id="v2-model", responses=unknown)
-    async def metadata(op: str) -> dict[str, Any]:
-        return model_metadata(operation_of(op))
+    def model_route(path: str, summary: str, name: str, answer: Callable[[Operation], Any]) -> None:
+        """A model route at `/models/{op}{path}` and at `/models/{op}/versions/{version}{path}`."""
 
-    @router.get("/models/{op}/ready", summary="Model ready", operation_id="v2-model-ready", responses=unknown)
-    async def model_ready(op: str) -> dict[str, Any]:
-        return {"name": operation_of(op).name, "ready": True}
+        async def plain(op: str) -> Any:
+            return answer(operation_of(op))
+
+        async def versioned(op: str, version: str) -> Any:
+            return answer(operation_of(op, version))
+
+        for route, endpoint, suffix in (("", plain, ""), ("/versions/{version}", versioned, "-versioned")):
+            router.add_api_route(
+                f"/models/{{op}}{route}{path}",
+                endpoint,
+                methods=["GET"],
+                summary=summary,
+                operation_id=f"v2-{name}{suffix}",
+                responses=unknown,
+            )
+
+    model_route("", "Model metadata", "model", model_metadata)
+    model_route("/ready", "Model ready", "model-ready", lambda operation: {"name": operation.name, "ready": True})
+    model_route("/config", "Model configuration", "model-config", model_config)
+
+    @router.post("/repository/index", summary="Repository index", operation_id="v2-repository-index")
+    async def repository_index() -> list[dict[str, str]]:
+        # Every op is a model, always loaded: the repository cannot load or unload.
+        return [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in operations]
 
     return router

@@ -17,15 +17,26 @@ def pool_path(op: str) -> str:
 
 def compute_target(path: str) -> tuple[str, Door] | None:
     """(op, door) for the paths the pooling endpoint serves: `/pool/{op}` (the native
-    API) and `/v2/models/{op}/infer` (the Open Inference Protocol); `op` is not
-    checked against any table here."""
+    API) and `/v2/models/{op}[/versions/{version}]/infer` (the Open Inference Protocol);
+    neither `op` nor the version is checked here (`model_version` splits them)."""
     if path.startswith(POOL_PREFIX):
         op = path[len(POOL_PREFIX) :]
         return (op, "native") if "/" not in op else None
     if path.startswith(V2_MODELS) and path.endswith(V2_INFER):
-        op = path[len(V2_MODELS) : -len(V2_INFER)]
-        return (op, "protocol") if op and "/" not in op else None
+        model = path[len(V2_MODELS) : -len(V2_INFER)]
+        op, _ = model_version(model)
+        return (model, "protocol") if op and "/" not in op else None
     return None
+
+
+VERSION = "1"  # every model's one version
+VERSIONS = "/versions/"
+
+
+def model_version(model: str) -> tuple[str, str | None]:
+    """`max2d` → (max2d, None); `max2d/versions/1` → (max2d, "1")."""
+    op, versioned, version = model.partition(VERSIONS)
+    return (op, version) if versioned and version and "/" not in version else (model, None)
 
 
 def needs_key(method: str, path: str) -> bool:
@@ -42,7 +53,8 @@ def metered_op(method: str, path: str, operations: Container[str]) -> str | None
     target = compute_target(path) if method == "POST" else None
     if target is None:
         return None
-    return target[0] if target[0] in operations else "unknown"
+    op = model_version(target[0])[0]
+    return op if op in operations else "unknown"
 
 
 def served_paths(operations: Iterable[str]) -> set[str]:

@@ -3,6 +3,8 @@ server, binary and JSON, and the protocol's JSON by hand."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,46 @@ def test_server_and_models_are_live_ready_and_described(triton_client):
         metadata = triton_client.get_model_metadata(name)
         assert metadata["name"] == name and metadata["inputs"][0]["name"] == "input"
     assert [o["name"] for o in triton_client.get_model_metadata("max2d")["outputs"]] == ["output", "indices"]
+
+
+def test_every_model_route_under_its_one_version(triton_client):
+    for family_op in {operation.family.name: name for name, operation in OPERATIONS.items()}.values():
+        assert triton_client.is_model_ready(family_op, "1")
+        assert triton_client.get_model_metadata(family_op, "1") == triton_client.get_model_metadata(family_op)
+        assert triton_client.get_model_config(family_op, "1") == triton_client.get_model_config(family_op)
+    assert not triton_client.is_model_ready("max2d", "2")
+    with pytest.raises(InferenceServerException, match="max2d has no version '2'"):
+        triton_client.get_model_metadata("max2d", "2")
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)
+    result = triton_client.infer("avg2d", [tensor], model_version="1", parameters={"kernel_size": 2})
+    np.testing.assert_allclose(result.as_numpy("output"), F.avg_pool2d(torch.from_numpy(X), 2).numpy(), rtol=1e-6)
+    assert result.get_response()["model_version"] == "1"
+    with pytest.raises(InferenceServerException, match="max2d has no version '3'"):
+        triton_client.infer("max2d", [tensor], model_version="3", parameters={"kernel_size": 2})
+
+
+def test_model_configuration_describes_inputs_outputs_and_parameters(triton_client):
+    for name, operation in OPERATIONS.items():
+        config = triton_client.get_model_config(name)
+        assert config["name"] == name and config["max_batch_size"] == 0
+        assert [i["name"] for i in config["input"]] == ["input", *operation.family.extra_tensors]
+        assert [o["name"] for o in config["output"]] == ["output"] + (
+            ["indices"] if operation.family.has_indices else []
+        )
+        assert all(i["dims"] == [-1] * (operation.rank + 2) for i in config["input"])
+        fields = operation.params.model_fields
+        described = {key: json.loads(value["string_value"]) for key, value in config["parameters"].items()}
+        assert set(described) == set(fields) - {"input", "indices", "dry_run", "input_shape", "output_encoding"}
+        for key, value in described.items():
+            assert value["required"] == fields[key].is_required()
+    assert json.loads(triton_client.get_model_config("lp2d")["parameters"]["norm_type"]["string_value"])["required"]
+
+
+def test_the_repository_index_lists_every_model_ready(triton_client):
+    index = triton_client.get_model_repository_index()
+    assert [entry["name"] for entry in index] == list(OPERATIONS)
+    assert {(entry["version"], entry["state"]) for entry in index} == {("1", "READY")}
 
 
 @pytest.mark.parametrize("binary", [True, False])
