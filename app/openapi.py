@@ -17,7 +17,7 @@ from app.dtypes import BY_PROTOCOL
 from app.negotiation import JSON, NPY, NPZ, OCTET_STREAM, PROBLEM_JSON
 from app.operations import Operation
 from app.params import TensorField
-from app.paths import V2_INFER, V2_MODELS, needs_key, pool_path
+from app.paths import V2_INFER, V2_MODELS, VERSION, VERSIONED, needs_key, pool_path
 
 
 class FieldError(BaseModel):
@@ -160,25 +160,28 @@ def endpoint_paths(operations: dict[str, Operation]) -> tuple[dict[str, Any], di
                 },
             }
         }
-    paths[f"{V2_MODELS}{{op}}{V2_INFER}"] = {
-        "post": {
-            "tags": ["open inference protocol"],
-            "summary": "Inference (pooling) per the protocol",
-            "operationId": "v2-infer",
-            "parameters": [{"name": "op", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {
-                "required": True,
-                "content": {JSON: {"schema": INFER_REQUEST}, OCTET_STREAM: BINARY},
-            },
-            "responses": {
-                "200": {
-                    "description": "The outputs, as JSON or with the binary tensor data extension",
-                    "content": {JSON: {"schema": INFER_RESPONSE}, OCTET_STREAM: BINARY},
+    path_op = {"name": "op", "in": "path", "required": True, "schema": {"type": "string"}}
+    path_version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": [VERSION]}}
+    for route, parameters, suffix in (("", [path_op], ""), (VERSIONED, [path_op, path_version], "-versioned")):
+        paths[f"{V2_MODELS}{{op}}{route}{V2_INFER}"] = {
+            "post": {
+                "tags": ["open inference protocol"],
+                "summary": "Inference (pooling) per the protocol",
+                "operationId": f"v2-infer{suffix}",
+                "parameters": parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": INFER_REQUEST}, OCTET_STREAM: BINARY},
                 },
-                **_errors(INFER_ERRORS, problem),
-            },
+                "responses": {
+                    "200": {
+                        "description": "The outputs, as JSON or with the binary tensor data extension",
+                        "content": {JSON: {"schema": INFER_RESPONSE}, OCTET_STREAM: BINARY},
+                    },
+                    **_errors(INFER_ERRORS, problem),
+                },
+            }
         }
-    }
     return paths, definitions.get("$defs", {})
 
 

@@ -31,6 +31,7 @@ def compute_target(path: str) -> tuple[str, Door] | None:
 
 VERSION = "1"  # every model's one version
 VERSIONS = "/versions/"
+VERSIONED = "/versions/{version}"  # as routes and the schema write it
 
 
 def model_version(model: str) -> tuple[str, str | None]:
@@ -60,4 +61,7 @@ def metered_op(method: str, path: str, operations: Container[str]) -> str | None
 def served_paths(operations: Iterable[str]) -> set[str]:
     """The POST paths the pooling endpoint answers for these ops, as the OpenAPI
     schema names them."""
-    return {pool_path(op) for op in operations} | {f"{V2_MODELS}{{op}}{V2_INFER}"}
+    return {pool_path(op) for op in operations} | {
+        f"{V2_MODELS}{{op}}{V2_INFER}",
+        f"{V2_MODELS}{{op}}{VERSIONED}{V2_INFER}",
+    }
