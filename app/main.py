@@ -141,8 +141,16 @@ def cors(settings: Settings) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After"],
+            # The protocol's binary extension reads and writes Inference-Header-Content-Length.
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Accept",
+                "X-Request-ID",
+                "Inference-Header-Content-Length",
+            ],
+            expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After", "Inference-Header-Content-Length"],
         )
     ]
 

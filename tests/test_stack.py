@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
@@ -113,6 +114,38 @@ def test_the_endpoint_answers_other_methods_with_405(client):
     problem = assert_problem(client.get("/v2/models/max2d/infer"), 405)
     assert problem["error"] == problem["detail"]
     assert client.get("/pool").status_code == 200  # the listing is FastAPI's
+
+
+def test_the_protocols_binary_extension_works_cross_origin_with_keys(make_client):
+    client = make_client(api_keys=["k1"], cors_origins=["https://app.example"])
+    for path in ("/v2/models/max2d/infer", "/v2/models/max2d/versions/1/infer", "/v2/repository/index"):
+        preflight = client.request(
+            "OPTIONS",
+            path,
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type, inference-header-content-length",
+            },
+        )
+        assert preflight.status_code == 200, (path, preflight.text)
+        assert "inference-header-content-length" in preflight.headers["access-control-allow-headers"].lower()
+    header = b'{"parameters":{"kernel_size":2},"inputs":[{"name":"input","shape":[1,1,2,2],"datatype":"FP32",'
+    header += b'"parameters":{"binary_data_size":16}}],"outputs":[{"name":"output","parameters":{"binary_data":true}}]}'
+    answer = client.post(
+        "/v2/models/max2d/infer",
+        content=header + np.array([1, 2, 3, 4], "<f4").tobytes(),
+        headers={
+            "origin": "https://app.example",
+            "authorization": "Bearer k1",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert answer.status_code == 200
+    exposed = answer.headers["access-control-expose-headers"].lower()
+    assert "inference-header-content-length" in exposed
+    length = int(answer.headers["inference-header-content-length"])
+    assert np.frombuffer(answer.content[length:], "<f4").tolist() == [4.0]
 
 
 def test_a_browser_preflight_is_answered_before_any_key_is_asked_for(make_client):
