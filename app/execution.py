@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -40,10 +41,20 @@ class Stopped(Exception):
 
 
 def checkpoint() -> None:
-    """Between two pieces of a computation: end it here if nobody waits for it any more."""
+    """Between two pieces of a computation: end it here if nobody waits for it any more, or
+    if its request's own deadline (`set_deadline`) has passed."""
     stop = getattr(_RUNNING, "stop", None)
     if stop is not None and stop.is_set():
         raise Stopped
+    deadline = getattr(_RUNNING, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimedOut("the computation ran past the request's timeout")
+
+
+def set_deadline(deadline: float | None) -> None:
+    """A deadline (time.monotonic()) for the computation this thread runs, known only once its
+    body is decoded here (the protocol's `timeout` parameter)."""
+    _RUNNING.deadline = deadline
 
 
 class DeviceUnavailable(RuntimeError):
@@ -81,10 +92,18 @@ class Executor:
         self._retry_after = {"Retry-After": str(settings.retry_after_s)}
         self.taken = 0  # computations running or waiting; touched only on the event loop
 
-    async def run(self, fn: Callable[..., T], *args: Any, gone: Callable[[], Awaitable[None]] | None = None) -> T:
-        """`fn(*args)` in inference mode, in the bounded pool. If the request's time
-        runs out or `gone()` finishes first (the client disconnected), the work is
-        dropped if it has not started, and stopped at its next checkpoint if it has."""
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        gone: Callable[[], Awaitable[None]] | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """`fn(*args)` in inference mode, in the bounded pool. If the request's time (the
+        service's limit, or `timeout` seconds where shorter) runs out or `gone()` finishes
+        first (the client disconnected), the work is dropped if it has not started, and
+        stopped at its next checkpoint if it has."""
+        limit = min((t for t in (self._timeout, timeout) if t is not None), default=None)
         if self.taken >= self._capacity:
             raise Overloaded("every compute slot and queue place is taken; retry shortly", headers=self._retry_after)
         if self._pool is None:
@@ -100,7 +119,7 @@ class Executor:
         if watcher is not None:
             waiters.add(watcher)
         try:
-            done, _ = await asyncio.wait(waiters, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the server is stopping: nobody will wait for it
             _abandon(work, stop, future)
             raise
@@ -112,7 +131,9 @@ class Executor:
         _abandon(work, stop, future)
         if watcher is not None and watcher in done:
             raise ClientGone
-        raise TimedOut(f"the computation took longer than {self._timeout} s")
+        if limit == timeout:
+            raise TimedOut("the computation ran past the request's timeout")
+        raise TimedOut(f"the computation took longer than {limit:g} s")
 
     def _release(self, _: asyncio.Future[Any]) -> None:
         self.taken -= 1
@@ -123,7 +144,7 @@ class Executor:
         try:
             return cls._inference(fn, *args)
         finally:
-            _RUNNING.stop = None
+            _RUNNING.stop = _RUNNING.deadline = None
 
     def inline(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in inference mode, here: for work of microseconds."""

@@ -32,7 +32,11 @@ from app.requests import Incoming
 from app.responses import Answer
 
 REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
-PROTOCOL_PARAMETERS = {"binary_data_output"}  # the protocol's own, not pooling parameters
+# The protocol's own, not pooling parameters: Triton's binary_data_output, and its priority and
+# timeout (microseconds). Every request has one priority here (one queue, first come first
+# served); a timeout bounds the request as POOL_REQUEST_TIMEOUT_S does, where it is shorter.
+PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout"}
+LONGEST_TIMEOUT_US = 2**63 - 1  # the proto's uint64 as Triton reads it
 NOT_PARAMETERS = {"input", "indices", "dry_run", "input_shape", "output_encoding"}
 
 
@@ -186,11 +190,24 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
         fields[name] = None  # decoded here; the parameter model checks the rest
     if offset != len(binary):
         raise protocol_error(("inputs",), f"{len(binary) - offset} bytes of binary data follow the last input's")
+    for name in ("priority", "timeout"):
+        value = parameters.get(name, 0)
+        if type(value) is not int or not 0 <= value <= LONGEST_TIMEOUT_US:
+            raise protocol_error(("parameters", name), "is a non-negative integer")
+    timeout_us = parameters.get("timeout", 0)
     binary_output = _flag(parameters, "binary_data_output", ("parameters",))
     wanted = _requested_outputs(document.get("outputs"), operation, binary_output)
     if wanted is not None and "indices" in wanted and operation.family.has_indices:
         fields["return_indices"] = True
-    return Decoded(fields, tensors, "parameters", JSON, _answer_encoder(document.get("id"), wanted), origins=origins)
+    return Decoded(
+        fields,
+        tensors,
+        "parameters",
+        JSON,
+        _answer_encoder(document.get("id"), wanted),
+        origins=origins,
+        timeout_s=timeout_us / 1e6 if timeout_us else None,  # 0: none, as Triton reads it
+    )
 
 
 def _requested_outputs(outputs: Any, operation: Operation, binary_default: bool) -> dict[str, bool] | None:

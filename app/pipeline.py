@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,8 +30,8 @@ from pydantic import ValidationError
 from app import codecs
 from app.codecs import Limits, Tensor
 from app.dtypes import FLOAT_DTYPES
-from app.errors import InvalidParameters, Loc, TooLarge, validation_problem
-from app.execution import Executor, checkpoint, in_pieces, to_numpy
+from app.errors import InvalidParameters, Loc, TimedOut, TooLarge, validation_problem
+from app.execution import Executor, checkpoint, in_pieces, set_deadline, to_numpy
 from app.layout import Layout, global_indices
 from app.lifecycle import Lifecycle
 from app.negotiation import JSON
@@ -75,6 +76,7 @@ class Decoded(Generic[R]):
     encode: Encoder[R]
     dry: Callable[[DryRun], R] | None = None  # how a dry run is answered, where the door has them
     origins: dict[str | int, Loc] | None = None  # fields that arrive elsewhere (tensors), by name
+    timeout_s: float | None = None  # the request's own time limit, where its door has one
 
     def locate(self, name: str | int) -> Loc:
         """Where the field `name` arrived: `("query", "kernel_size")`, `("inputs", 0)`."""
@@ -130,14 +132,19 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
 
 async def _answer(operation: Operation, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder[R]) -> R:
     executor = runtime.executor
+    arrived = time.monotonic()
     if len(raw) > runtime.inline_max_bytes:
-        return await executor.run(_whole, operation, raw, request, runtime, decoder, gone=_watcher(request))
-    job = prepare(operation, decoder(operation, raw, request, runtime), runtime)
+        return await executor.run(_whole, operation, raw, request, runtime, decoder, arrived, gone=_watcher(request))
+    decoded = decoder(operation, raw, request, runtime)
+    job = prepare(operation, decoded, runtime)
     if not isinstance(job, Job):
         return job
     if job.plan.work <= runtime.inline_max_work:
         return executor.inline(finish, job)
-    return await executor.run(finish, job, gone=_watcher(request))
+    timeout = None if decoded.timeout_s is None else decoded.timeout_s - (time.monotonic() - arrived)
+    if timeout is not None and timeout <= 0:
+        raise TimedOut("the request's timeout passed before its computation could start")
+    return await executor.run(finish, job, gone=_watcher(request), timeout=timeout)
 
 
 def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
@@ -145,8 +152,12 @@ def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
     return lambda: disconnected(request.receive)
 
 
-def _whole(operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R]) -> R:
+def _whole(
+    operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R], arrived: float
+) -> R:
     decoded = decoder(operation, raw, request, runtime)
+    if decoded.timeout_s is not None:  # known only now: the checkpoints from here on keep it
+        set_deadline(arrived + decoded.timeout_s)
     checkpoint()  # decoding a large body takes a while: the client may be gone
     job = prepare(operation, decoded, runtime)
     return finish(job) if isinstance(job, Job) else job

@@ -48,6 +48,9 @@ def test_every_model_route_under_its_one_version(triton_client):
     result = triton_client.infer("avg2d", [tensor], model_version="1", parameters={"kernel_size": 2})
     np.testing.assert_allclose(result.as_numpy("output"), F.avg_pool2d(torch.from_numpy(X), 2).numpy(), rtol=1e-6)
     assert result.get_response()["model_version"] == "1"
+    # Triton's priority and timeout (microseconds) are the protocol's own parameters.
+    result = triton_client.infer("max2d", [tensor], parameters={"kernel_size": 2}, priority=2, timeout=30_000_000)
+    np.testing.assert_array_equal(result.as_numpy("output"), F.max_pool2d(torch.from_numpy(X), 2).numpy())
     with pytest.raises(InferenceServerException, match="max2d has no version '3'"):
         triton_client.infer("max2d", [tensor], model_version="3", parameters={"kernel_size": 2})
 

@@ -150,3 +150,34 @@ def test_a_computation_cancelled_by_shutdown_stops_at_its_next_checkpoint():
         assert 5 < len(ran) < 200
     finally:
         executor.close()
+
+
+def _long_infer(planes: int, **parameters: int) -> dict:
+    """`_long` as the protocol's inference request, with its own parameters."""
+    body = _long(planes)
+    return {
+        "parameters": {key: body[key] for key in ("kernel_size", "padding", "stride")} | parameters,
+        "inputs": [{"name": "input", "shape": [1, planes, 1, 1], "datatype": "FP32", "data": list(range(planes))}],
+    }
+
+
+@pytest.mark.parametrize("large_body", [False, True])
+def test_the_protocols_timeout_bounds_its_request(make_client, large_body):
+    """Triton's `timeout` (microseconds) stops the computation as the service's limit does;
+    a large body, decoded in the pool, keeps it from there."""
+    inline = 1 if large_body else 2**20
+    client = make_client(max_concurrency=1, max_queue=0, max_work=10**11, inline_max_bytes=inline)
+    started = time.perf_counter()
+    response = client.post("/v2/models/max2d/infer", json=_long_infer(60, timeout=300_000, priority=3))
+    assert_problem(response, 504, detail_has="the request's timeout")
+    assert assert_problem(response, 504)["error"]
+    assert time.perf_counter() - started < 3
+    deadline = time.perf_counter() + 3
+    while client.app.state.runtime.executor.taken:
+        assert time.perf_counter() < deadline, "the stopped computation kept its slot"
+        time.sleep(0.05)
+    # Without a timeout, or with a generous one, the same parameters answer.
+    quick = _long_infer(2, timeout=60_000_000)
+    assert client.post("/v2/models/max2d/infer", json=quick).status_code == 200
+    refused = client.post("/v2/models/max2d/infer", json=_long_infer(2, timeout=-1))
+    assert assert_problem(refused, 400)["error"] == "parameters.timeout: is a non-negative integer"
