@@ -338,6 +338,11 @@ def inference_router(runtime: Runtime) -> APIRouter:
 
     unknown: dict[int | str, dict[str, Any]] = {404: {"description": "No such model", "content": {PROBLEM_JSON: {}}}}
 
+    @router.get("/models/stats", summary="Every model's statistics", operation_id="v2-models-stats")
+    async def every_models_statistics() -> dict[str, Any]:
+        # Before /models/{op}: `stats` is no model's name.
+        return {"model_stats": [runtime.statistics.report(name, VERSION) for name in operations]}
+
     def model_route(path: str, summary: str, name: str, answer: Callable[[Operation], Any]) -> None:
         """A model route at `/models/{op}{path}` and at `/models/{op}/versions/{version}{path}`."""
 
@@ -360,6 +365,12 @@ def inference_router(runtime: Runtime) -> APIRouter:
     model_route("", "Model metadata", "model", model_metadata)
     model_route("/ready", "Model ready", "model-ready", lambda operation: {"name": operation.name, "ready": True})
     model_route("/config", "Model configuration", "model-config", model_config)
+    model_route(
+        "/stats",
+        "Model statistics",
+        "model-stats",
+        lambda operation: {"model_stats": [runtime.statistics.report(operation.name, VERSION)]},
+    )
 
     @router.post("/repository/index", summary="Repository index", operation_id="v2-repository-index")
     async def repository_index() -> list[dict[str, str]]:

@@ -32,6 +32,7 @@ from app.pipeline import PlanCache, Runtime
 from app.requests import BodyBudget, BodyPace, PaceKeeper
 from app.routes import catalogue_router, install_error_handlers, service_router
 from app.settings import Settings
+from app.statistics import InferenceStatistics
 from app.telemetry import AccessLog, Metrics, configure_logging
 
 DESCRIPTION = """\
@@ -130,6 +131,7 @@ def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runti
         inline_max_work=settings.inline_max_work,
         metrics=metrics,
         access_log=AccessLog(enabled=logging.getLogger("app.access").isEnabledFor(logging.INFO)),
+        statistics=InferenceStatistics(list(operations)),
     )
 
 

@@ -39,6 +39,7 @@ from app.operations import Operation
 from app.params import PoolParams
 from app.planning import Plan
 from app.requests import BodyBudget, Incoming, PaceKeeper, disconnected, read_body
+from app.statistics import InferenceStatistics, Timings
 from app.telemetry import AccessLog, Metrics
 
 log = logging.getLogger("app.pipeline")
@@ -60,6 +61,7 @@ class Runtime:
     inline_max_work: int
     metrics: Metrics
     access_log: AccessLog
+    statistics: InferenceStatistics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -97,6 +99,7 @@ class Job(Generic[R]):
     encoding: str
     executor: Executor
     decoded: Decoded[R]
+    timings: Timings | None = None  # where its phases are counted (a request's)
 
 
 @dataclass(frozen=True)
@@ -119,31 +122,47 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
     goes to the bounded compute pool, so cheap requests never wait behind it here."""
-    raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
+    timings = Timings()
+    started = time.perf_counter_ns()
     try:
-        answer = await _answer(operation, request, runtime, raw, decoder)
-    finally:
-        runtime.bodies.give_back(len(raw))
+        raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
+        try:
+            answer = await _answer(operation, request, runtime, raw, decoder, timings)
+        finally:
+            runtime.bodies.give_back(len(raw))
+    except BaseException:
+        runtime.statistics.record(operation.name, False, time.perf_counter_ns() - started, timings)
+        raise
+    runtime.statistics.record(operation.name, True, time.perf_counter_ns() - started, timings)
     # Only a request that ran to the end gives its buffer for reuse: one that timed out
     # may still be read by its computation.
     runtime.bodies.recycle(raw)
     return answer
 
 
-async def _answer(operation: Operation, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder[R]) -> R:
+async def _answer(
+    operation: Operation, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder[R], timings: Timings
+) -> R:
     executor = runtime.executor
     arrived = time.monotonic()
     if len(raw) > runtime.inline_max_bytes:
-        return await executor.run(_whole, operation, raw, request, runtime, decoder, arrived, gone=_watcher(request))
+        timings.queued_at = time.perf_counter_ns()
+        return await executor.run(
+            _whole, operation, raw, request, runtime, decoder, arrived, timings, gone=_watcher(request)
+        )
+    decoding = time.perf_counter_ns()
     decoded = decoder(operation, raw, request, runtime)
     job = prepare(operation, decoded, runtime)
+    timings.compute_input = time.perf_counter_ns() - decoding
     if not isinstance(job, Job):
         return job
+    job.timings = timings
     if job.plan.work <= runtime.inline_max_work:
         return executor.inline(finish, job)
     timeout = None if decoded.timeout_s is None else decoded.timeout_s - (time.monotonic() - arrived)
     if timeout is not None and timeout <= 0:
         raise TimedOut("the request's timeout passed before its computation could start")
+    timings.queued_at = time.perf_counter_ns()
     return await executor.run(finish, job, gone=_watcher(request), timeout=timeout)
 
 
@@ -153,14 +172,26 @@ def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
 
 
 def _whole(
-    operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R], arrived: float
+    operation: Operation,
+    raw: bytearray,
+    request: Incoming,
+    runtime: Runtime,
+    decoder: Decoder[R],
+    arrived: float,
+    timings: Timings,
 ) -> R:
+    timings.started()
+    decoding = time.perf_counter_ns()
     decoded = decoder(operation, raw, request, runtime)
     if decoded.timeout_s is not None:  # known only now: the checkpoints from here on keep it
         set_deadline(arrived + decoded.timeout_s)
     checkpoint()  # decoding a large body takes a while: the client may be gone
     job = prepare(operation, decoded, runtime)
-    return finish(job) if isinstance(job, Job) else job
+    timings.compute_input = time.perf_counter_ns() - decoding
+    if not isinstance(job, Job):
+        return job
+    job.timings = timings
+    return finish(job)
 
 
 def prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job[R] | R:
@@ -214,12 +245,21 @@ def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job
 
 def finish(job: Job[R]) -> R:
     """Compute and encode; in inference mode, wherever the caller runs it."""
+    timings = job.timings
+    if timings is not None:
+        timings.started()
+    computing = time.perf_counter_ns()
     try:
         out, indices = compute(job)
     except InvalidParameters as problem:
         raise problem.located(job.decoded.locate, job.decoded.source) from None
     checkpoint()
-    return job.decoded.encode(job, out, indices)
+    encoding = time.perf_counter_ns()
+    answer = job.decoded.encode(job, out, indices)
+    if timings is not None:
+        timings.compute_infer, timings.compute_output = encoding - computing, time.perf_counter_ns() - encoding
+        timings.computed = True
+    return answer
 
 
 def validate_params(operation: Operation, fields: dict[str, Any]) -> PoolParams:

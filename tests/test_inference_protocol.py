@@ -72,6 +72,51 @@ def test_model_configuration_describes_inputs_outputs_and_parameters(triton_clie
     assert json.loads(triton_client.get_model_config("lp2d")["parameters"]["norm_type"]["string_value"])["required"]
 
 
+def test_statistics_count_inferences_and_their_phases(make_client):
+    """Triton's statistics extension: every computation of a model through either door, its
+    phases, and failures; a dry run is no inference."""
+    client = make_client(inline_max_bytes=1024)
+    x = np.random.default_rng(4).standard_normal((1, 2, 32, 32)).astype(np.float32)  # a body for the pool
+    assert client.post("/pool/max2d", json={"input": x.tolist(), "kernel_size": 2}).status_code == 200
+    assert client.post("/pool/max2d", json={"input": [[[[1.0, 2.0]]]], "kernel_size": 1}).status_code == 200
+    body = {
+        "parameters": {"kernel_size": 2},
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+    }
+    assert client.post("/v2/models/max2d/versions/1/infer", json=body).status_code == 200
+    assert client.post("/pool/max2d", json={"input": [[[[1.0]]]], "kernel_size": 5}).status_code == 422
+    assert (
+        client.post("/pool/max2d", json={"input_shape": [1, 1, 4, 4], "kernel_size": 2, "dry_run": True}).status_code
+        == 200
+    )
+    stats = client.get("/v2/models/max2d/stats").json()["model_stats"]
+    assert stats == client.get("/v2/models/max2d/versions/1/stats").json()["model_stats"]
+    (entry,) = stats
+    assert entry["name"] == "max2d" and entry["version"] == "1"
+    assert entry["inference_count"] == entry["execution_count"] == 3 and entry["last_inference"] > 0
+    inference = entry["inference_stats"]
+    assert inference["success"]["count"] == 3 and inference["fail"]["count"] == 1
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert inference[phase]["count"] == 3 and inference[phase]["ns"] > 0
+    assert inference["success"]["ns"] >= sum(
+        inference[p]["ns"] for p in ("compute_input", "compute_infer", "compute_output")
+    )
+    every = client.get("/v2/models/stats").json()["model_stats"]
+    assert [e["name"] for e in every] == list(OPERATIONS)
+    assert next(e for e in every if e["name"] == "avg2d")["inference_count"] == 0
+    assert_problem(client.get("/v2/models/max2d/versions/2/stats"), 404)
+
+
+def test_tritonclient_reads_the_statistics(triton_client):
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)
+    before = triton_client.get_inference_statistics("global-max2d")["model_stats"][0]["inference_count"]
+    triton_client.infer("global-max2d", [tensor])
+    after = triton_client.get_inference_statistics("global-max2d", "1")["model_stats"][0]
+    assert after["inference_count"] == before + 1 and after["inference_stats"]["compute_infer"]["ns"] > 0
+    assert len(triton_client.get_inference_statistics()["model_stats"]) == len(OPERATIONS)
+
+
 def test_the_repository_index_lists_every_model_ready(triton_client):
     index = triton_client.get_model_repository_index()
     assert [entry["name"] for entry in index] == list(OPERATIONS)

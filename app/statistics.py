@@ -1,0 +1,90 @@
+"""Per-model inference statistics, as Triton's statistics extension reports them
+(`GET /v2/models/{op}/stats`): counts and cumulative nanoseconds of successful and failed
+inferences, and of their phases: waiting for a compute slot (`queue`), decoding and
+planning (`compute_input`), pooling (`compute_infer`) and encoding (`compute_output`).
+
+Every computation of an op counts, through either door (`/pool/{op}` or the protocol's
+infer); a dry run computes nothing and is not an inference. Phases are measured where they
+happen, on the event loop or in a pool thread, into the request's `Timings`; `record` adds
+them under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+class Timings:
+    """One request's phases, in nanoseconds, as they are measured."""
+
+    __slots__ = ("compute_infer", "compute_input", "compute_output", "computed", "queue", "queued_at")
+
+    def __init__(self) -> None:
+        self.queue = self.compute_input = self.compute_infer = self.compute_output = 0
+        self.queued_at: int | None = None  # perf_counter_ns() when it was handed to the pool
+        self.computed = False  # a dry run computes nothing
+
+    def started(self) -> None:
+        """In the pool thread, as the work begins: the time it waited (counted once)."""
+        if self.queued_at is not None:
+            self.queue = time.perf_counter_ns() - self.queued_at
+            self.queued_at = None
+
+
+class _Model:
+    __slots__ = ("counts", "fail", "inferences", "last_ms", "success", "times")
+
+    def __init__(self) -> None:
+        self.inferences = 0
+        self.last_ms = 0
+        self.success = [0, 0]  # count, ns
+        self.fail = [0, 0]
+        self.counts = dict.fromkeys(PHASES, 0)
+        self.times = dict.fromkeys(PHASES, 0)
+
+
+class InferenceStatistics:
+    def __init__(self, operations: list[str]) -> None:
+        self._lock = threading.Lock()
+        self._models = {name: _Model() for name in operations}
+
+    def record(self, op: str, ok: bool, elapsed_ns: int, timings: Timings) -> None:
+        model = self._models.get(op)
+        if model is None or (ok and not timings.computed):
+            return
+        with self._lock:
+            totals = model.success if ok else model.fail
+            totals[0] += 1
+            totals[1] += elapsed_ns
+            if ok:
+                model.inferences += 1
+                model.last_ms = time.time_ns() // 1_000_000
+                for phase in PHASES:
+                    model.counts[phase] += 1
+                    model.times[phase] += getattr(timings, phase)
+
+    def report(self, op: str, version: str) -> dict[str, Any]:
+        """One model's entry of `model_stats`, in Triton's form."""
+        model = self._models[op]
+        with self._lock:
+            stats = {phase: {"count": model.counts[phase], "ns": model.times[phase]} for phase in PHASES}
+            return {
+                "name": op,
+                "version": version,
+                "last_inference": model.last_ms,
+                "inference_count": model.inferences,
+                "execution_count": model.inferences,  # no batching: one execution per inference
+                "inference_stats": {
+                    "success": {"count": model.success[0], "ns": model.success[1]},
+                    "fail": {"count": model.fail[0], "ns": model.fail[1]},
+                    **stats,
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": [],
+                "memory_usage": [],
+            }
