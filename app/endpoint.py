@@ -18,6 +18,7 @@ import asyncio
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.compression import SMALLEST, answer_coding, compress
 from app.errors import ClientGone, NotFound, ProblemError, cut, shown
 from app.inference import decode_oip
 from app.native import decode_native
@@ -59,7 +60,11 @@ class PoolEndpoint:
                 raise NotFound(f"unknown operation {shown(op)}; GET /pool lists the operations")
             if version not in (None, VERSION):
                 raise NotFound(f"model {op} has no version {shown(version)}; its one version is {VERSION}")
-            response = await run_operation(operation, incoming(scope, receive), self.runtime, DECODERS[door])
+            request = incoming(scope, receive)
+            response = await run_operation(operation, request, self.runtime, DECODERS[door])
+            coding = answer_coding(request.headers.get("accept-encoding"))
+            if coding is not None and len(response.body) >= SMALLEST:
+                response.encoded(await compress(response.body, coding), coding)
         except ProblemError as problem:
             response = problem_of(problem, v2=protocol)
         except ClientGone:

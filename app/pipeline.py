@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from app import codecs
 from app.codecs import Limits, Tensor
+from app.compression import inflate, request_coding
 from app.dtypes import FLOAT_DTYPES
 from app.errors import InvalidParameters, Loc, TimedOut, TooLarge, validation_problem
 from app.execution import Executor, checkpoint, in_pieces, set_deadline, to_numpy
@@ -125,7 +126,10 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     timings = Timings()
     started = time.perf_counter_ns()
     try:
+        coding = request_coding(request.headers.get("content-encoding"))
         raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
+        if coding is not None:
+            raw = await inflate(raw, coding, runtime.max_body_bytes, runtime.bodies)
         try:
             answer = await _answer(operation, request, runtime, raw, decoder, timings)
         finally:

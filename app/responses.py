@@ -35,6 +35,16 @@ class Answer:
                 (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
             ]
 
+    def encoded(self, body: bytes, coding: str) -> None:
+        """The same answer, its body compressed with `coding`."""
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(body)),
+            *(header for header in self.raw_headers if header[0] != b"content-length"),
+            (b"content-encoding", coding.encode("latin-1")),
+            (b"vary", b"accept-encoding"),
+        ]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body})
