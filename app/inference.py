@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from app import __version__, codecs, jsonparse
+from app import protocol_models as models
 from app.dtypes import BY_PROTOCOL, TABLE
 from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody, shown
 from app.negotiation import JSON, OCTET_STREAM, PROBLEM_JSON
@@ -338,12 +340,19 @@ def inference_router(runtime: Runtime) -> APIRouter:
 
     unknown: dict[int | str, dict[str, Any]] = {404: {"description": "No such model", "content": {PROBLEM_JSON: {}}}}
 
-    @router.get("/models/stats", summary="Every model's statistics", operation_id="v2-models-stats")
+    @router.get(
+        "/models/stats",
+        summary="Every model's statistics",
+        operation_id="v2-models-stats",
+        response_model=models.Statistics,
+    )
     async def every_models_statistics() -> dict[str, Any]:
         # Before /models/{op}: `stats` is no model's name.
         return {"model_stats": [runtime.statistics.report(name, VERSION) for name in operations]}
 
-    def model_route(path: str, summary: str, name: str, answer: Callable[[Operation], Any]) -> None:
+    def model_route(
+        path: str, summary: str, name: str, model: type[BaseModel], answer: Callable[[Operation], Any]
+    ) -> None:
         """A model route at `/models/{op}{path}` and at `/models/{op}/versions/{version}{path}`."""
 
         async def plain(op: str) -> Any:
@@ -359,20 +368,33 @@ def inference_router(runtime: Runtime) -> APIRouter:
                 methods=["GET"],
                 summary=summary,
                 operation_id=f"v2-{name}{suffix}",
+                response_model=model,
                 responses=unknown,
             )
 
-    model_route("", "Model metadata", "model", model_metadata)
-    model_route("/ready", "Model ready", "model-ready", lambda operation: {"name": operation.name, "ready": True})
-    model_route("/config", "Model configuration", "model-config", model_config)
+    model_route("", "Model metadata", "model", models.ModelMetadata, model_metadata)
+    model_route(
+        "/ready",
+        "Model ready",
+        "model-ready",
+        models.ModelReady,
+        lambda operation: {"name": operation.name, "ready": True},
+    )
+    model_route("/config", "Model configuration", "model-config", models.ModelConfig, model_config)
     model_route(
         "/stats",
         "Model statistics",
         "model-stats",
+        models.Statistics,
         lambda operation: {"model_stats": [runtime.statistics.report(operation.name, VERSION)]},
     )
 
-    @router.post("/repository/index", summary="Repository index", operation_id="v2-repository-index")
+    @router.post(
+        "/repository/index",
+        summary="Repository index",
+        operation_id="v2-repository-index",
+        response_model=list[models.RepositoryModel],
+    )
     async def repository_index() -> list[dict[str, str]]:
         # Every op is a model, always loaded: the repository cannot load or unload.
         return [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in operations]

@@ -233,7 +233,7 @@ def _problems_everywhere(schema: dict[str, Any]) -> None:
     for path, methods in schema["paths"].items():
         for spec in methods.values():
             for status, response in spec["responses"].items():
-                if int(status) >= 400 and JSON in response.get("content", {}):
+                if int(status) >= 400:  # whatever a route declared: every error is a Problem
                     response["content"] = {PROBLEM_JSON: {"schema": problem}}
             if path in READINESS:
                 spec["responses"]["503"] = {"description": READINESS[path], "content": {JSON: {"schema": {}}}}

@@ -21,11 +21,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.operations import OPERATIONS
+
 HERE = Path(__file__).resolve().parent.parent / "clients" / "typescript"
 GENERATED = HERE / "generated"
 
 RUNNER = """
-import { infer, max2d, max2dBinary, binaryQuery } from "./out/example.js";
+import { describe, infer, max2d, max2dBinary, binaryQuery } from "./out/example.js";
 const [base, npy] = process.argv.slice(2);
 const bytes = new Uint8Array(Buffer.from(npy, "base64"));
 const binary = await max2dBinary(base, bytes, binaryQuery);
@@ -39,6 +41,7 @@ console.log(JSON.stringify({
   json: await max2d(base),
   binary: Buffer.from(binary).toString("base64"),
   infer: await infer(base),
+  described: await describe(base),
   problem,
 }));
 """
@@ -126,5 +129,8 @@ def test_the_compiled_program_gets_torchs_answers(generated, server):
         np.testing.assert_array_equal(archive["output"], want.numpy())
         assert archive["indices"].shape == want_indices.shape
     assert answers["infer"] == {"shape": [1, 1, 1, 1], "data": [4.0]}
+    described = answers["described"]
+    assert described["inputs"] == ["input"] and "kernel_size" in described["parameters"]
+    assert described["inferences"] >= 2 and described["models"] == len(OPERATIONS)
     assert answers["problem"]["status"] == 422 and "kernel_size" in answers["problem"]["detail"]
     assert len(answers["problem"]["requestId"]) == 32

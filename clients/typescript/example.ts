@@ -71,3 +71,22 @@ export async function infer(base: string): Promise<{ shape: number[]; data: unkn
 }
 
 export const binaryQuery: Max2dQuery = { kernel_size: [3, 2], stride: 1, return_indices: true, padding: "same" };
+
+/** The protocol's model configuration, statistics and repository index. */
+export async function describe(base: string): Promise<{ inputs: string[]; parameters: string[]; inferences: number; models: number }> {
+  const pool = service(base);
+  const config = await pool.GET("/v2/models/{op}/config", { params: { path: { op: "max2d" } } });
+  if (config.error) throw new PoolError(config.response.status, config.error, config.response.headers.get("x-request-id"));
+  const stats = await pool.GET("/v2/models/{op}/versions/{version}/stats", {
+    params: { path: { op: "max2d", version: "1" } },
+  });
+  if (stats.error) throw new PoolError(stats.response.status, stats.error, stats.response.headers.get("x-request-id"));
+  const index = await pool.POST("/v2/repository/index", {});
+  if (index.error) throw new PoolError(index.response.status, index.error, index.response.headers.get("x-request-id"));
+  return {
+    inputs: config.data.input.map((tensor) => tensor.name),
+    parameters: Object.keys(config.data.parameters),
+    inferences: stats.data.model_stats[0].inference_count,
+    models: index.data.filter((model) => model.state === "READY").length,
+  };
+}
