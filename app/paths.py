@@ -34,6 +34,11 @@ VERSIONS = "/versions/"
 VERSIONED = "/versions/{version}"  # as routes and the schema write it
 
 
+def is_protocol(path: str) -> bool:
+    """The Open Inference Protocol's paths, whose errors carry its `error` member."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def model_version(model: str) -> tuple[str, str | None]:
     """`max2d` → (max2d, None); `max2d/versions/1` → (max2d, "1")."""
     op, versioned, version = model.partition(VERSIONS)

@@ -22,6 +22,7 @@ from app.errors import ProblemError, cut
 from app.negotiation import JSON
 from app.operations import Operation
 from app.params import TENSOR_SCHEMA
+from app.paths import is_protocol
 from app.pipeline import Runtime
 from app.responses import internal_error, problem_of, problem_response
 from app.settings import Settings
@@ -132,7 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return problem_of(exc, v2=request.url.path.startswith("/v2/"))
+        return problem_of(exc, v2=is_protocol(request.url.path))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -141,7 +142,7 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"nothing at {cut(request.url.path)}; GET /pool lists the operations"
         elif exc.status_code == 405:
             detail = f"{cut(request.method, 20)} is not allowed on {cut(request.url.path)}"
-        v2 = request.url.path.startswith("/v2/")
+        v2 = is_protocol(request.url.path)
         return problem_response(exc.status_code, str(detail), headers=dict(exc.headers or {}), v2=v2)
 
     async def on_request_validation(request: Request, exc: Exception) -> Response:

@@ -117,6 +117,12 @@ def test_tritonclient_reads_the_statistics(triton_client):
     assert len(triton_client.get_inference_statistics()["model_stats"]) == len(OPERATIONS)
 
 
+def test_every_protocol_error_carries_error(client):
+    for method, path in (("POST", "/v2"), ("POST", "/v2/models/max2d"), ("GET", "/v2/models/nope/config")):
+        problem = client.request(method, path).json()
+        assert problem["error"] == problem["detail"], (method, path)
+
+
 def test_the_repository_index_lists_every_model_ready(triton_client):
     index = triton_client.get_model_repository_index()
     assert [entry["name"] for entry in index] == list(OPERATIONS)
