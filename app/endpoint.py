@@ -18,7 +18,7 @@ import asyncio
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.compression import SMALLEST, answer_coding, compress
+from app.compression import COMPRESSED, SMALLEST, answer_coding, compress
 from app.errors import ClientGone, NotFound, ProblemError, cut, shown
 from app.inference import decode_oip
 from app.native import decode_native
@@ -63,7 +63,7 @@ class PoolEndpoint:
             request = incoming(scope, receive)
             response = await run_operation(operation, request, self.runtime, DECODERS[door])
             coding = answer_coding(request.headers.get("accept-encoding"))
-            if coding is not None and len(response.body) >= SMALLEST:
+            if coding is not None and len(response.body) >= SMALLEST and response.media_type in COMPRESSED:
                 response.encoded(await compress(response.body, coding), coding)
         except ProblemError as problem:
             response = problem_of(problem, v2=protocol)

@@ -36,9 +36,10 @@ from app.responses import Answer
 REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 # The protocol's own, not pooling parameters: Triton's binary_data_output, and its priority and
 # timeout (microseconds). Every request has one priority here (one queue, first come first
-# served); a timeout bounds the request as POOL_REQUEST_TIMEOUT_S does, where it is shorter.
+# served); a timeout bounds the request as POOL_REQUEST_TIMEOUT_S does, where it is shorter
+# (work small enough to run on the event loop takes microseconds and is not timed).
 PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout"}
-LONGEST_TIMEOUT_US = 2**63 - 1  # the proto's uint64 as Triton reads it
+LARGEST_UINT64 = 2**64 - 1  # the proto's type for both
 NOT_PARAMETERS = {"input", "indices", "dry_run", "input_shape", "output_encoding"}
 
 
@@ -193,10 +194,10 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
     if offset != len(binary):
         raise protocol_error(("inputs",), f"{len(binary) - offset} bytes of binary data follow the last input's")
     for name in ("priority", "timeout"):
-        value = parameters.get(name, 0)
-        if type(value) is not int or not 0 <= value <= LONGEST_TIMEOUT_US:
+        value = parameters.get(name)
+        if value is not None and (type(value) is not int or not 0 <= value <= LARGEST_UINT64):
             raise protocol_error(("parameters", name), "is a non-negative integer")
-    timeout_us = parameters.get("timeout", 0)
+    timeout_us = parameters.get("timeout") or 0
     binary_output = _flag(parameters, "binary_data_output", ("parameters",))
     wanted = _requested_outputs(document.get("outputs"), operation, binary_output)
     if wanted is not None and "indices" in wanted and operation.family.has_indices:

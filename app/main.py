@@ -151,6 +151,7 @@ def cors(settings: Settings) -> list[Middleware]:
                 "Accept",
                 "X-Request-ID",
                 "Inference-Header-Content-Length",
+                "Content-Encoding",
             ],
             expose_headers=["X-Request-ID", "X-Random-Seed", "Retry-After", "Inference-Header-Content-Length"],
         )

@@ -48,8 +48,8 @@ def model_version(model: str) -> tuple[str, str | None]:
 def needs_key(method: str, path: str) -> bool:
     """The routes that compute or report usage; health, docs, schema, /info and the
     catalogue stay open."""
-    if path == "/metrics":
-        return True
+    if path == "/metrics" or (path.startswith(V2_MODELS) and path.endswith("/stats")):
+        return True  # usage: counts, times, when each model was last used
     return method == "POST" and compute_target(path) is not None
 
 

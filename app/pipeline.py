@@ -123,20 +123,21 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
     goes to the bounded compute pool, so cheap requests never wait behind it here."""
+    coding = request_coding(request.headers.get("content-encoding"))
+    raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
+    if coding is not None:
+        raw = await inflate(raw, coding, runtime.max_body_bytes, runtime.bodies)
+    # An inference, for the statistics, from the moment its body is in: refusals before that
+    # (limits, pace, encoding) never reached the model.
     timings = Timings()
     started = time.perf_counter_ns()
     try:
-        coding = request_coding(request.headers.get("content-encoding"))
-        raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
-        if coding is not None:
-            raw = await inflate(raw, coding, runtime.max_body_bytes, runtime.bodies)
-        try:
-            answer = await _answer(operation, request, runtime, raw, decoder, timings)
-        finally:
-            runtime.bodies.give_back(len(raw))
+        answer = await _answer(operation, request, runtime, raw, decoder, timings)
     except BaseException:
         runtime.statistics.record(operation.name, False, time.perf_counter_ns() - started, timings)
         raise
+    finally:
+        runtime.bodies.give_back(len(raw))
     runtime.statistics.record(operation.name, True, time.perf_counter_ns() - started, timings)
     # Only a request that ran to the end gives its buffer for reuse: one that timed out
     # may still be read by its computation.
@@ -156,6 +157,7 @@ async def _answer(
         )
     decoding = time.perf_counter_ns()
     decoded = decoder(operation, raw, request, runtime)
+    timings.dry_run = decoded.fields.get("dry_run") is True
     job = prepare(operation, decoded, runtime)
     timings.compute_input = time.perf_counter_ns() - decoding
     if not isinstance(job, Job):
@@ -187,8 +189,12 @@ def _whole(
     timings.started()
     decoding = time.perf_counter_ns()
     decoded = decoder(operation, raw, request, runtime)
+    timings.dry_run = decoded.fields.get("dry_run") is True
     if decoded.timeout_s is not None:  # known only now: the checkpoints from here on keep it
-        set_deadline(arrived + decoded.timeout_s)
+        deadline = arrived + decoded.timeout_s
+        if time.monotonic() > deadline:
+            raise TimedOut("the request's timeout passed while it waited for a compute slot and was decoded")
+        set_deadline(deadline)
     checkpoint()  # decoding a large body takes a while: the client may be gone
     job = prepare(operation, decoded, runtime)
     timings.compute_input = time.perf_counter_ns() - decoding

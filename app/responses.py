@@ -24,11 +24,12 @@ class Answer:
     messages, with none of the generic header work of a framework response, which
     for a small tensor costs more than the pooling did."""
 
-    __slots__ = ("body", "raw_headers", "status_code")
+    __slots__ = ("body", "media_type", "raw_headers", "status_code")
 
     def __init__(self, body: bytes, media_type: str, headers: dict[str, str] | None = None) -> None:
         self.status_code = 200
         self.body = body
+        self.media_type = media_type
         self.raw_headers = [(b"content-length", b"%d" % len(body)), (b"content-type", media_type.encode("latin-1"))]
         if headers:
             self.raw_headers += [

@@ -3,8 +3,9 @@
 inferences, and of their phases: waiting for a compute slot (`queue`), decoding and
 planning (`compute_input`), pooling (`compute_infer`) and encoding (`compute_output`).
 
-Every computation of an op counts, through either door (`/pool/{op}` or the protocol's
-infer); a dry run computes nothing and is not an inference. Phases are measured where they
+Every request for an op whose body arrived counts, through either door (`/pool/{op}` or the
+protocol's infer), from the moment its body is in: a refusal before that (a limit, the pace,
+an encoding) never reached the model, and a dry run is no inference. Phases are measured where they
 happen, on the event loop or in a pool thread, into the request's `Timings`; `record` adds
 them under a lock.
 """
@@ -21,12 +22,13 @@ PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 class Timings:
     """One request's phases, in nanoseconds, as they are measured."""
 
-    __slots__ = ("compute_infer", "compute_input", "compute_output", "computed", "queue", "queued_at")
+    __slots__ = ("compute_infer", "compute_input", "compute_output", "computed", "dry_run", "queue", "queued_at")
 
     def __init__(self) -> None:
         self.queue = self.compute_input = self.compute_infer = self.compute_output = 0
         self.queued_at: int | None = None  # perf_counter_ns() when it was handed to the pool
-        self.computed = False  # a dry run computes nothing
+        self.computed = False  # a computation ran to its end
+        self.dry_run = False  # a dry run, even a refused one, is no inference
 
     def started(self) -> None:
         """In the pool thread, as the work begins: the time it waited (counted once)."""
@@ -54,7 +56,7 @@ class InferenceStatistics:
 
     def record(self, op: str, ok: bool, elapsed_ns: int, timings: Timings) -> None:
         model = self._models.get(op)
-        if model is None or (ok and not timings.computed):
+        if model is None or timings.dry_run or (ok and not timings.computed):
             return
         with self._lock:
             totals = model.success if ok else model.fail

@@ -29,34 +29,70 @@ INFLATE = {"gzip": gzip.decompress, "deflate": zlib.decompress}
 
 
 @pytest.mark.parametrize("coding", list(CODINGS))
-def test_a_compressed_npy_body_and_a_compressed_answer(client, coding):
+def test_a_compressed_npy_body_and_a_compressed_json_answer(client, coding):
     response = client.post(
-        "/pool/max2d?kernel_size=2&return_indices=true",
+        "/pool/max2d?kernel_size=2&return_indices=true&output_encoding=flat",
         content=CODINGS[coding](npy_bytes(X)),
-        headers={"content-type": "application/x-npy", "content-encoding": coding, "accept-encoding": coding},
+        headers={
+            "content-type": "application/x-npy",
+            "content-encoding": coding,
+            "accept-encoding": coding,
+            "accept": "application/json",
+        },
     )
     assert response.status_code == 200
     assert response.headers["content-encoding"] == coding and response.headers["vary"] == "accept-encoding"
-    # httpx inflates on its own; the raw bytes are the compressed ones.
+    # httpx inflates on its own; the length on the wire is the compressed one.
     assert int(response.headers["content-length"]) < len(response.content)
     want, want_indices = F.max_pool2d(torch.from_numpy(X), 2, return_indices=True)
-    with np.load(io.BytesIO(response.content)) as archive:
-        np.testing.assert_array_equal(archive["output"], want.numpy())
-        np.testing.assert_array_equal(archive["indices"], want_indices.numpy())
+    body = response.json()
+    np.testing.assert_array_equal(np.array(body["output"]["data"], np.float32).reshape(want.shape), want.numpy())
+    np.testing.assert_array_equal(np.array(body["indices"]["data"]).reshape(want.shape), want_indices.numpy())
     assert client.app.state.runtime.bodies.held == 0
 
 
-def test_answers_are_compressed_only_when_asked_and_worth_it(client):
-    plain = client.post(  # httpx asks for gzip unless told otherwise
+def test_a_raw_npy_answer_is_sent_as_it_is(client):
+    """HTTP libraries ask for gzip by default; tensors compress too little to pay for it."""
+    response = client.post(
+        "/pool/max2d?kernel_size=2",
+        content=gzip.compress(npy_bytes(X)),
+        headers={"content-type": "application/x-npy", "content-encoding": "gzip", "accept-encoding": "gzip"},
+    )
+    assert response.status_code == 200 and "content-encoding" not in response.headers
+    with np.load(io.BytesIO(response.content)) as archive:
+        np.testing.assert_array_equal(archive["output"], F.max_pool2d(torch.from_numpy(X), 2).numpy())
+
+
+def test_several_gzip_members_are_one_body(client):
+    document = b'{"input": [[[1, 5, 2, 4]]], "kernel_size": 2}'
+    members = gzip.compress(document[:10]) + gzip.compress(document[10:])
+    response = client.post(
+        "/pool/max1d", content=members, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert response.json()["output"] == [[[5.0, 4.0]]]
+
+
+@pytest.mark.parametrize(
+    ("header", "chosen"),
+    [("deflate, gzip;q=0.5", "deflate"), ("gzip, deflate", "gzip"), ("x-gzip", "gzip"), ("*", "gzip"), ("*;q=0", None)],
+)
+def test_accept_encoding_weights(client, header, chosen):
+    response = client.post(
         "/pool/max2d?kernel_size=2",
         content=npy_bytes(X),
-        headers={"content-type": "application/x-npy", "accept-encoding": "identity"},
+        headers={"content-type": "application/x-npy", "accept": "application/json", "accept-encoding": header},
+    )
+    assert response.status_code == 200 and response.headers.get("content-encoding") == chosen
+
+
+def test_answers_are_compressed_only_when_asked_and_worth_it(client):
+    json_answer = {"content-type": "application/x-npy", "accept": "application/json"}
+    plain = client.post(  # httpx asks for gzip unless told otherwise
+        "/pool/max2d?kernel_size=2", content=npy_bytes(X), headers={**json_answer, "accept-encoding": "identity"}
     )
     assert "content-encoding" not in plain.headers
     refused = client.post(
-        "/pool/max2d?kernel_size=2",
-        content=npy_bytes(X),
-        headers={"content-type": "application/x-npy", "accept-encoding": "gzip;q=0, br"},
+        "/pool/max2d?kernel_size=2", content=npy_bytes(X), headers={**json_answer, "accept-encoding": "gzip;q=0, br"}
     )
     assert "content-encoding" not in refused.headers
     tiny = client.post("/pool/max1d", json={"input": [[[1, 2]]], "kernel_size": 2}, headers={"accept-encoding": "gzip"})

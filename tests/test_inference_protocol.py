@@ -85,10 +85,13 @@ def test_statistics_count_inferences_and_their_phases(make_client):
     }
     assert client.post("/v2/models/max2d/versions/1/infer", json=body).status_code == 200
     assert client.post("/pool/max2d", json={"input": [[[[1.0]]]], "kernel_size": 5}).status_code == 422
-    assert (
-        client.post("/pool/max2d", json={"input_shape": [1, 1, 4, 4], "kernel_size": 2, "dry_run": True}).status_code
-        == 200
+    dry = {"input_shape": [1, 1, 4, 4], "kernel_size": 2, "dry_run": True}
+    assert client.post("/pool/max2d", json=dry).status_code == 200
+    assert client.post("/pool/max2d", json={**dry, "kernel_size": 9}).status_code == 422  # a dry run is no inference
+    refused = client.post(
+        "/pool/max2d", content=b"{}", headers={"content-type": "application/json", "content-encoding": "br"}
     )
+    assert refused.status_code == 415  # refused before the body was in: it never reached the model
     stats = client.get("/v2/models/max2d/stats").json()["model_stats"]
     assert stats == client.get("/v2/models/max2d/versions/1/stats").json()["model_stats"]
     (entry,) = stats
@@ -105,6 +108,14 @@ def test_statistics_count_inferences_and_their_phases(make_client):
     assert [e["name"] for e in every] == list(OPERATIONS)
     assert next(e for e in every if e["name"] == "avg2d")["inference_count"] == 0
     assert_problem(client.get("/v2/models/max2d/versions/2/stats"), 404)
+
+
+def test_statistics_need_a_key_where_keys_are_set(make_client):
+    client = make_client(api_keys=["k1"])
+    for path in ("/v2/models/stats", "/v2/models/max2d/stats", "/v2/models/max2d/versions/1/stats"):
+        assert_problem(client.get(path), 401)
+        assert client.get(path, headers={"x-api-key": "k1"}).status_code == 200
+    assert client.get("/v2/models/max2d/config").status_code == 200  # metadata stays open
 
 
 def test_tritonclient_reads_the_statistics(triton_client):

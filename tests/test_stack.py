@@ -125,7 +125,8 @@ def test_the_protocols_binary_extension_works_cross_origin_with_keys(make_client
             headers={
                 "origin": "https://app.example",
                 "access-control-request-method": "POST",
-                "access-control-request-headers": "authorization, content-type, inference-header-content-length",
+                "access-control-request-headers": "authorization, content-type, content-encoding, "
+                "inference-header-content-length",
             },
         )
         assert preflight.status_code == 200, (path, preflight.text)
