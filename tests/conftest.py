@@ -53,6 +53,9 @@ class Client:
         self.access_log.close()
 
 
+PROCESSES: dict[str, subprocess.Popen[bytes]] = {}  # each served URL's server, for tests that signal it
+
+
 @contextlib.contextmanager
 def serving(log_dir: Path, **settings: str) -> Iterator[str]:
     """The service started as the README starts it (`python -m app`), on a free loopback
@@ -64,6 +67,7 @@ def serving(log_dir: Path, **settings: str) -> Iterator[str]:
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
+        PROCESSES[url] = process
         try:
             try:
                 wait_ready(f"{url}/readyz", process=process)

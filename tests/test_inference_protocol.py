@@ -4,7 +4,10 @@ server, binary and JSON, and the protocol's JSON by hand."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from app.operations import OPERATIONS
-from tests.conftest import assert_problem
+from tests.conftest import PROCESSES, assert_problem, serving
 
 X = np.random.default_rng(31).standard_normal((2, 3, 8, 8)).astype(np.float32)
 
@@ -243,3 +246,25 @@ def test_binary_tensors_in_half_and_integer_datatypes(triton_client, datatype):
     result = triton_client.infer("max1d", [tensor], parameters={"kernel_size": 2})
     expected = [1.5, 3.25] if datatype != "INT16" else [1, 3]
     assert result.as_numpy("output").astype(np.float64).ravel().tolist() == expected
+
+
+def test_readiness_agrees_over_both_protocols_while_draining(tmp_path):
+    """On SIGTERM both readiness routes answer 503, each with its own body, while requests
+    are still served for the drain."""
+    with serving(tmp_path, drain_s="4") as url:
+        triton_client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+        assert triton_client.is_server_ready() and httpx.get(f"{url}/readyz").status_code == 200
+        PROCESSES[url].send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while httpx.get(f"{url}/readyz").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ready = httpx.get(f"{url}/v2/health/ready")
+        assert ready.status_code == 503 and ready.json() == {"ready": False}
+        assert httpx.get(f"{url}/readyz").json() == {"status": "draining"}
+        assert not triton_client.is_server_ready() and triton_client.is_server_live()
+        tensor = triton.InferInput("input", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X)
+        result = triton_client.infer("max2d", [tensor], parameters={"kernel_size": 2})  # still served
+        np.testing.assert_array_equal(result.as_numpy("output"), F.max_pool2d(torch.from_numpy(X), 2).numpy())
+        triton_client.close()
