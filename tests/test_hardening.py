@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -294,3 +295,22 @@ def test_the_budget_comes_back_after_every_request(client):
     client.post("/pool/max2d", json={"input": "bad"})
     client.post("/pool/max2d", content=b"{nope", headers={"content-type": "application/json"})
     assert budget.held == 0
+
+
+def test_a_bug_outside_the_endpoint_is_logged_as_the_500_it_is(make_client):
+    client = make_client()
+
+    def broken() -> dict:
+        raise KeyError("a bug in a router route")
+
+    client.app.openapi = broken
+
+    async def fetch() -> int:
+        transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pool") as plain:
+            return (await plain.get("/openapi.json")).status_code
+
+    assert asyncio.run(fetch()) == 500
+    client.access_log.flush()
+    lines = [orjson.loads(line) for line in client.access_log.stream.getvalue().splitlines()]
+    assert [line["status"] for line in lines if line["path"] == "/openapi.json"] == [500]
