@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import venv
@@ -72,11 +73,16 @@ def _size(folder: Path) -> int:
 @pytest.fixture(scope="module")
 def client_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("client-env")
+    # From a clean copy: a build folder left in the checkout could carry modules it no longer has.
+    source = tmp_path_factory.mktemp("client-source") / "python"
+    shutil.copytree(
+        ROOT / "clients" / "python", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     started = time.monotonic()
     venv.create(folder, with_pip=True)
     python = folder / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{ROOT / 'clients' / 'python'}[cli]"],
+        [str(python), "-m", "pip", "install", "-q", f"{source}[cli]"],
         check=True,
         timeout=600,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
