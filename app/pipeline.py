@@ -155,14 +155,9 @@ async def _answer(
         return await executor.run(
             _whole, operation, raw, request, runtime, decoder, arrived, timings, gone=_watcher(request)
         )
-    decoding = time.perf_counter_ns()
-    decoded = decoder(operation, raw, request, runtime)
-    timings.dry_run = decoded.fields.get("dry_run") is True
-    job = prepare(operation, decoded, runtime)
-    timings.compute_input = time.perf_counter_ns() - decoding
+    decoded, job = _prepared(operation, raw, request, runtime, decoder, timings)
     if not isinstance(job, Job):
         return job
-    job.timings = timings
     if job.plan.work <= runtime.inline_max_work:
         return executor.inline(finish, job)
     timeout = None if decoded.timeout_s is None else decoded.timeout_s - (time.monotonic() - arrived)
@@ -187,21 +182,29 @@ def _whole(
     timings: Timings,
 ) -> R:
     timings.started()
-    decoding = time.perf_counter_ns()
-    decoded = decoder(operation, raw, request, runtime)
-    timings.dry_run = decoded.fields.get("dry_run") is True
+    decoded, job = _prepared(operation, raw, request, runtime, decoder, timings)
     if decoded.timeout_s is not None:  # known only now: the checkpoints from here on keep it
         deadline = arrived + decoded.timeout_s
         if time.monotonic() > deadline:
             raise TimedOut("the request's timeout passed while it waited for a compute slot and was decoded")
         set_deadline(deadline)
     checkpoint()  # decoding a large body takes a while: the client may be gone
+    return finish(job) if isinstance(job, Job) else job
+
+
+def _prepared(
+    operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R], timings: Timings
+) -> tuple[Decoded[R], Job[R] | R]:
+    """Decoded, validated and planned, wherever that runs, with its time counted as the
+    statistics' compute_input; a dry run's answer comes back in place of the job."""
+    decoding = time.perf_counter_ns()
+    decoded = decoder(operation, raw, request, runtime)
+    timings.dry_run = decoded.fields.get("dry_run") is True
     job = prepare(operation, decoded, runtime)
     timings.compute_input = time.perf_counter_ns() - decoding
-    if not isinstance(job, Job):
-        return job
-    job.timings = timings
-    return finish(job)
+    if isinstance(job, Job):
+        job.timings = timings
+    return decoded, job
 
 
 def prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job[R] | R:
