@@ -1,16 +1,19 @@
 """`python -m app`: the service under uvicorn, with uvloop and httptools, as the
 settings say (POOL_HOST, POOL_PORT, POOL_WORKERS, POOL_DRAIN_S, POOL_SHUTDOWN_GRACE_S),
-its connections held within limits (`app.connections`).
+its connections held within limits (`app.connections`), and the gRPC server on
+POOL_GRPC_PORT (started by the app's lifespan).
 
-On SIGTERM (an orchestrator stopping a replica) a single worker drains first: /readyz turns
-unready at once while requests are still served for `drain_s`, so a load
-balancer notices and stops sending; then uvicorn stops accepting connections
-and lets in-flight requests finish for up to `shutdown_grace_s`, and exits.
+On SIGTERM (an orchestrator stopping a replica) a single worker drains first: /readyz
+(and the protocol's readiness over REST and gRPC) turns unready at once while requests
+are still served for `drain_s`, so a load balancer notices and stops sending; then both
+servers stop accepting and let in-flight requests finish for up to `shutdown_grace_s`,
+and it exits.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from types import FrameType
 from typing import Any
@@ -31,10 +34,14 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self._exit_at is None and self._drain_s > 0:
-            self._lifecycle.draining = True
+            self._lifecycle.drain()
             self._exit_at = time.monotonic() + self._drain_s
             return
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._lifecycle.close()  # the gRPC server stops taking calls now too, not after HTTP's
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:

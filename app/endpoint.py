@@ -27,7 +27,7 @@ from app.pipeline import Decoder, Runtime, run_operation
 from app.requests import Incoming
 from app.responses import Answer, Reply, internal_error, problem_of, problem_response
 
-DECODERS: dict[str, Decoder[Answer]] = {"native": decode_native, "protocol": decode_oip}
+DECODERS: dict[str, Decoder[bytearray, Answer]] = {"native": decode_native, "protocol": decode_oip}
 
 
 class PoolEndpoint:

@@ -14,7 +14,7 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,8 +26,10 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
 
 
-def presented_key(scope: Scope) -> bytes | None:
-    for name, value in scope["headers"]:
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The key in `Authorization: Bearer <key>` or `X-API-Key: <key>` (HTTP headers or gRPC
+    metadata, names in lower case)."""
+    for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():
@@ -35,6 +37,17 @@ def presented_key(scope: Scope) -> bytes | None:
         elif name == b"x-api-key" and value:
             return value
     return None
+
+
+def key_matches(keys: list[bytes], given: bytes | None) -> bool:
+    """Whether `given` is one of `keys`: every key is compared, each in constant time, so
+    timing tells nothing."""
+    if given is None:
+        return False
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(key, given)
+    return matched
 
 
 class Gate:
@@ -47,22 +60,12 @@ class Gate:
         self._access_log = access_log
         self._operations = operations
 
-    def _authorized(self, scope: Scope) -> bool:
-        given = presented_key(scope)
-        if given is None:
-            return False
-        # Every key is compared, each in constant time, so timing tells nothing.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(key, given)
-        return matched
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = _request_id(scope)
+        rid = request_id_from(_header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = rid
         extra = [*SECURITY_HEADERS, (b"x-request-id", rid.encode())]
         status = sent = 0
@@ -77,7 +80,11 @@ class Gate:
             await send(message)
 
         try:
-            if self._keys and needs_key(scope["method"], scope["path"]) and not self._authorized(scope):
+            if (
+                self._keys
+                and needs_key(scope["method"], scope["path"])
+                and not key_matches(self._keys, presented_key(scope["headers"]))
+            ):
                 response = problem_response(
                     401,
                     "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
@@ -105,10 +112,15 @@ class Gate:
 
 
 def _content_length(scope: Scope) -> int:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
+        if name == wanted:
+            return value
+    return None
 
 
 # New ids: a random prefix per process and a counter, 32 hex digits in all, unique
@@ -118,12 +130,10 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
 
 
-def _request_id(scope: Scope) -> str:
-    """The client's X-Request-ID when it is a sane token, else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text = value.decode("latin-1")
-            if _REQUEST_ID.fullmatch(text):
-                return text
-            break
+def request_id_from(given: bytes | None) -> str:
+    """The client's X-Request-ID (header or metadata) when it is a sane token, else a new one."""
+    if given is not None:
+        text = given.decode("latin-1")
+        if _REQUEST_ID.fullmatch(text):
+            return text
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"

@@ -13,7 +13,7 @@ and routes the protocol's metadata.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,8 @@ REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 # served); a timeout bounds the request as POOL_REQUEST_TIMEOUT_S does, where it is shorter
 # (work small enough to run on the event loop takes microseconds and is not timed).
 PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout"}
+# Triton's extensions this server has (it loads no models, shares no memory, traces nothing).
+EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
 LARGEST_UINT64 = 2**64 - 1  # the proto's type for both
 NOT_PARAMETERS = {"input", "indices", "dry_run", "input_shape", "output_encoding"}
 
@@ -71,6 +73,28 @@ def _header(raw: bytearray, request: Incoming) -> tuple[dict[str, Any], memoryvi
     return document, view[length:]
 
 
+def input_header(
+    operation: Operation, where: Loc, name: Any, shape: Any, datatype: Any, runtime: Runtime
+) -> tuple[str, list[int]]:
+    """An input's name, shape and datatype checked (as the protocol's REST and gRPC forms
+    carry them, before any data is read): its dtype and shape."""
+    names = ("input", *operation.family.extra_tensors)
+    if name not in names:
+        raise protocol_error(
+            (*where, "name"), f"{operation.name} takes the inputs {', '.join(names)}, not {shown(name)}"
+        )
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise protocol_error((*where, "shape"), "shape is a list of non-negative integers")
+    if datatype not in BY_PROTOCOL:
+        raise InvalidParameters.at(
+            (*where, "datatype"), f"datatype {shown(datatype)} is not one of {', '.join(BY_PROTOCOL)}", "dtype"
+        )
+    if name != "input" and BY_PROTOCOL[datatype].kind != "int":
+        raise InvalidParameters.at((*where, "datatype"), f"{name} holds integer positions, not {datatype}", "dtype")
+    codecs.check_size(shape, runtime.limits, where)
+    return BY_PROTOCOL[datatype].name, shape
+
+
 def _tensor(
     entry: Any, index: int, operation: Operation, binary: memoryview, offset: int, runtime: Runtime
 ) -> tuple[str, codecs.Tensor, int]:
@@ -78,25 +102,10 @@ def _tensor(
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise protocol_error(where, "an input is an object with a name, shape, datatype and data")
     name = entry["name"]
-    names = ("input", *operation.family.extra_tensors)
-    if name not in names:
-        raise protocol_error(
-            (*where, "name"), f"{operation.name} takes the inputs {', '.join(names)}, not {shown(name)}"
-        )
-    shape, datatype = entry.get("shape"), entry.get("datatype")
-    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        raise protocol_error((*where, "shape"), "shape is a list of non-negative integers")
-    if datatype not in BY_PROTOCOL:
-        raise InvalidParameters.at(
-            ("inputs", index, "datatype"), f"datatype {shown(datatype)} is not one of {', '.join(BY_PROTOCOL)}", "dtype"
-        )
-    dtype = BY_PROTOCOL[datatype].name
-    if name != "input" and BY_PROTOCOL[datatype].kind != "int":
-        raise InvalidParameters.at((*where, "datatype"), f"{name} holds integer positions, not {datatype}", "dtype")
-    codecs.check_size(shape, runtime.limits, where)
+    dtype, shape = input_header(operation, where, name, entry.get("shape"), entry.get("datatype"), runtime)
     size = _parameters(entry, where).get("binary_data_size")
     if size is not None:
-        array = _binary(binary, offset, size, shape, dtype, where)
+        array = binary_array(binary, offset, size, shape, dtype, where)
         offset += size
     elif "data" in entry:
         decoded = codecs.decode_json_tensor(
@@ -136,9 +145,8 @@ def _flag(parameters: dict[str, Any], name: str, where: Loc, default: bool = Fal
     return value
 
 
-def _binary(
-    buffer: memoryview, offset: int, size: Any, shape: list[int], dtype: str, where: tuple[str | int, ...]
-) -> np.ndarray:
+def binary_array(buffer: memoryview, offset: int, size: Any, shape: list[int], dtype: str, where: Loc) -> np.ndarray:
+    """A tensor's little-endian bytes, `size` of them from `offset`, as an array of its shape."""
     if type(size) is not int or size < 0 or offset + size > len(buffer):
         raise protocol_error((*where, "parameters", "binary_data_size"), "runs past the end of the body")
     item = TABLE[dtype].wire_bytes
@@ -162,6 +170,34 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise protocol_error(("parameters",), "parameters is an object")
+    fields, timeout_s = request_fields(operation, parameters)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise protocol_error(("inputs",), "inputs is a non-empty list")
+    given: list[tuple[str, codecs.Tensor]] = []
+    offset = 0
+    for index, entry in enumerate(inputs):
+        name, tensor, offset = _tensor(entry, index, operation, binary, offset, runtime)
+        given.append((name, tensor))
+    if offset != len(binary):
+        raise protocol_error(("inputs",), f"{len(binary) - offset} bytes of binary data follow the last input's")
+    binary_output = _flag(parameters, "binary_data_output", ("parameters",))
+    wanted = _requested_outputs(document.get("outputs"), operation, binary_output)
+    tensors, origins = tensors_of(operation, given, fields, wanted)
+    return Decoded(
+        fields,
+        tensors,
+        "parameters",
+        JSON,
+        _answer_encoder(document.get("id"), wanted),
+        origins=origins,
+        timeout_s=timeout_s,
+    )
+
+
+def request_fields(operation: Operation, parameters: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """The pooling fields among a request's `parameters`, and its own `timeout` in seconds
+    (None: none; Triton reads 0 as none too)."""
     known = set(operation.params.model_fields) - NOT_PARAMETERS
     for key in parameters:
         if key not in known and key not in PROTOCOL_PARAMETERS:
@@ -169,15 +205,27 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
                 ("parameters", key),
                 f"{operation.name} takes no parameter {shown(key)}; it takes {', '.join(sorted(known))}",
             )
+    for name in ("priority", "timeout"):
+        value = parameters.get(name)
+        if value is not None and (type(value) is not int or not 0 <= value <= LARGEST_UINT64):
+            raise protocol_error(("parameters", name), "is a non-negative integer")
+    timeout_us = parameters.get("timeout") or 0
     fields = {key: value for key, value in parameters.items() if key not in PROTOCOL_PARAMETERS}
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise protocol_error(("inputs",), "inputs is a non-empty list")
+    return fields, timeout_us / 1e6 if timeout_us else None
+
+
+def tensors_of(
+    operation: Operation,
+    given: list[tuple[str, codecs.Tensor]],
+    fields: dict[str, Any],
+    wanted: Collection[str] | None,
+) -> tuple[dict[str, codecs.Tensor], dict[str | int, Loc]]:
+    """A request's input tensors by name, and where each arrived, from its `inputs` in
+    order (names already checked); `fields` gains what the tensors settle: the dtype, and
+    `return_indices` when the indices are among the outputs `wanted` (None: the defaults)."""
     tensors: dict[str, codecs.Tensor] = {}
     origins: dict[str | int, Loc] = {}
-    offset = 0
-    for index, entry in enumerate(inputs):
-        name, tensor, offset = _tensor(entry, index, operation, binary, offset, runtime)
+    for index, (name, tensor) in enumerate(given):
         if name in tensors:
             raise protocol_error(("inputs", index, "name"), f"{name} is given twice")
         tensors[name] = tensor if name == "input" else codecs.Tensor(tensor.array.astype(np.int64), "int64", "json")
@@ -191,26 +239,9 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
         origins.setdefault(name, ("inputs",))  # where a missing one belongs
     for name in tensors:
         fields[name] = None  # decoded here; the parameter model checks the rest
-    if offset != len(binary):
-        raise protocol_error(("inputs",), f"{len(binary) - offset} bytes of binary data follow the last input's")
-    for name in ("priority", "timeout"):
-        value = parameters.get(name)
-        if value is not None and (type(value) is not int or not 0 <= value <= LARGEST_UINT64):
-            raise protocol_error(("parameters", name), "is a non-negative integer")
-    timeout_us = parameters.get("timeout") or 0
-    binary_output = _flag(parameters, "binary_data_output", ("parameters",))
-    wanted = _requested_outputs(document.get("outputs"), operation, binary_output)
     if wanted is not None and "indices" in wanted and operation.family.has_indices:
         fields["return_indices"] = True
-    return Decoded(
-        fields,
-        tensors,
-        "parameters",
-        JSON,
-        _answer_encoder(document.get("id"), wanted),
-        origins=origins,
-        timeout_s=timeout_us / 1e6 if timeout_us else None,  # 0: none, as Triton reads it
-    )
+    return tensors, origins
 
 
 def _requested_outputs(outputs: Any, operation: Operation, binary_default: bool) -> dict[str, bool] | None:
@@ -240,7 +271,7 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
                 continue
             entry: dict[str, Any] = {"name": name, "datatype": TABLE[dtype].protocol, "shape": list(array.shape)}
             if wanted is not None and wanted.get(name):
-                data = _binary_bytes(array, dtype)
+                data = binary_bytes(array, dtype)
                 entry["parameters"] = {"binary_data_size": len(data)}
                 parts.append(data)
             else:
@@ -264,10 +295,14 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
     return encode
 
 
-def _binary_bytes(array: np.ndarray, dtype: str) -> bytes:
+def binary_bytes(array: np.ndarray, dtype: str) -> bytes:
     if dtype == "bfloat16":  # carried as float32 whose low half is zero
         return (np.ascontiguousarray(array, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
     return np.ascontiguousarray(array).astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes()
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "pooling-service", "version": __version__, "extensions": EXTENSIONS}
 
 
 def model_metadata(operation: Operation) -> dict[str, Any]:
@@ -327,7 +362,7 @@ def inference_router(runtime: Runtime) -> APIRouter:
 
     @router.get("", summary="Server metadata", operation_id="v2-server")
     async def server() -> dict[str, Any]:
-        return {"name": "pooling-service", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}
+        return server_metadata()
 
     @router.get("/health/live", summary="Alive", operation_id="v2-live")
     async def live() -> dict[str, bool]:

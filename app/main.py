@@ -26,6 +26,7 @@ from app.endpoint import PoolEndpoint
 from app.execution import Executor
 from app.gate import Gate
 from app.inference import inference_router
+from app.inference_grpc import GrpcServer
 from app.openapi import schema_builder
 from app.operations import OPERATIONS, Operation
 from app.pipeline import PlanCache, Runtime
@@ -58,6 +59,10 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
 
     FastAPI wraps the list in its own error layer, and middleware added to the
     app later wraps it all, the pooling endpoint included.
+
+    Beside HTTP, the app's lifespan runs the protocol's gRPC server on
+    `POOL_GRPC_PORT` (`app.inference_grpc`; 0 turns it off): another door to
+    the same pipeline, with its own gate, which HTTP middleware does not wrap.
     """
     settings = settings or Settings()
     runtime = build_runtime(settings, operations if operations is not None else OPERATIONS)
@@ -75,7 +80,13 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
         gc.collect()
         gc.freeze()
         lag = asyncio.get_running_loop().create_task(runtime.metrics.watch_loop())
+        grpc_server = GrpcServer(runtime, settings) if settings.grpc_port else None
+        if grpc_server is not None:
+            await grpc_server.start()
+            app.state.grpc_port = grpc_server.port
         yield
+        if grpc_server is not None:
+            await grpc_server.stop()  # its calls in flight finish before the pool closes
         lag.cancel()
         runtime.executor.close()
         runtime.access_log.close()

@@ -35,7 +35,7 @@ from app.errors import InvalidParameters, Loc, TimedOut, TooLarge, validation_pr
 from app.execution import Executor, checkpoint, in_pieces, set_deadline, to_numpy
 from app.layout import Layout, global_indices
 from app.lifecycle import Lifecycle
-from app.negotiation import JSON
+from app.negotiation import NPY, NPZ
 from app.operations import Operation
 from app.params import PoolParams
 from app.planning import Plan
@@ -45,6 +45,7 @@ from app.telemetry import AccessLog, Metrics
 
 log = logging.getLogger("app.pipeline")
 R = TypeVar("R")  # a door's answer
+B = TypeVar("B", bytes, bytearray)  # a door's body
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,11 @@ class DryRun:
 
 
 Encoder = Callable[[Job[R], np.ndarray, "np.ndarray | None"], R]
-Decoder = Callable[[Operation, bytearray, Incoming, Runtime], Decoded[R]]
+# A door's decoder reads its body: REST's as read into a bytearray, gRPC's message as received.
+Decoder = Callable[[Operation, B, Incoming, Runtime], Decoded[R]]
 
 
-async def run_operation(operation: Operation, request: Incoming, runtime: Runtime, decoder: Decoder[R]) -> R:
+async def run_operation(operation: Operation, request: Incoming, runtime: Runtime, decoder: Decoder[bytearray, R]) -> R:
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
     goes to the bounded compute pool, so cheap requests never wait behind it here."""
@@ -127,8 +129,19 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
     if coding is not None:
         raw = await inflate(raw, coding, runtime.max_body_bytes, runtime.bodies)
-    # An inference, for the statistics, from the moment its body is in: refusals before that
-    # (limits, pace, encoding) never reached the model.
+    try:
+        answer = await run_body(operation, raw, request, runtime, decoder)
+    finally:
+        runtime.bodies.give_back(len(raw))
+    # Only a request that ran to the end gives its buffer for reuse: one that timed out
+    # may still be read by its computation.
+    runtime.bodies.recycle(raw)
+    return answer
+
+
+async def run_body(operation: Operation, raw: B, request: Incoming, runtime: Runtime, decoder: Decoder[B, R]) -> R:
+    """A request whose body is in (and in the body budget). An inference, for the statistics,
+    from this moment: refusals before it (limits, pace, encoding) never reached the model."""
     timings = Timings()
     started = time.perf_counter_ns()
     try:
@@ -136,17 +149,12 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     except BaseException:
         runtime.statistics.record(operation.name, False, time.perf_counter_ns() - started, timings)
         raise
-    finally:
-        runtime.bodies.give_back(len(raw))
     runtime.statistics.record(operation.name, True, time.perf_counter_ns() - started, timings)
-    # Only a request that ran to the end gives its buffer for reuse: one that timed out
-    # may still be read by its computation.
-    runtime.bodies.recycle(raw)
     return answer
 
 
 async def _answer(
-    operation: Operation, request: Incoming, runtime: Runtime, raw: bytearray, decoder: Decoder[R], timings: Timings
+    operation: Operation, request: Incoming, runtime: Runtime, raw: B, decoder: Decoder[B, R], timings: Timings
 ) -> R:
     executor = runtime.executor
     arrived = time.monotonic()
@@ -174,10 +182,10 @@ def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
 
 def _whole(
     operation: Operation,
-    raw: bytearray,
+    raw: B,
     request: Incoming,
     runtime: Runtime,
-    decoder: Decoder[R],
+    decoder: Decoder[B, R],
     arrived: float,
     timings: Timings,
 ) -> R:
@@ -193,7 +201,7 @@ def _whole(
 
 
 def _prepared(
-    operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime, decoder: Decoder[R], timings: Timings
+    operation: Operation, raw: B, request: Incoming, runtime: Runtime, decoder: Decoder[B, R], timings: Timings
 ) -> tuple[Decoded[R], Job[R] | R]:
     """Decoded, validated and planned, wherever that runs, with its time counted as the
     statistics' compute_input; a dry run's answer comes back in place of the job."""
@@ -240,7 +248,7 @@ def _prepare(operation: Operation, decoded: Decoded[R], runtime: Runtime) -> Job
     assert x is not None
     params = prepared.params.seeded()
     encoding = params.output_encoding or ("npy_base64" if decoded.source == "query" else x.encoding)
-    if x.dtype == "bfloat16" and (decoded.media_type != JSON or encoding == "npy_base64"):
+    if x.dtype == "bfloat16" and (decoded.media_type in (NPY, NPZ) or encoding == "npy_base64"):
         raise InvalidParameters.at(
             ("output_encoding",), "a .npy cannot carry bfloat16: ask for JSON (json or flat encoding)", "bfloat16_npy"
         )

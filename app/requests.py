@@ -28,11 +28,13 @@ from app.operations import Operation
 @dataclass(slots=True)
 class Incoming:
     """What the pipeline reads of a request: lower-case headers, the query (None when
-    empty) and the ASGI `receive` that yields the body."""
+    empty), the ASGI `receive` that yields the body (and then waits for the client to
+    leave), and the time the transport gives it (a gRPC deadline), if any."""
 
     headers: dict[str, str]
     query: QueryParams | None
     receive: Receive
+    timeout_s: float | None = None
 
 
 async def _chunk(receive: Receive) -> tuple[bytes, bool]:

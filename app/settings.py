@@ -24,6 +24,22 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on (0.0.0.0 in the container).")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC server (the Open Inference Protocol over gRPC, and grpc.health.v1), on the "
+        "same host as the HTTP server; 0 turns it off.",
+    )
+    grpc_max_calls: int = Field(
+        32,
+        ge=1,
+        description="gRPC calls a server process holds at once, counted from their first bytes (a message of up to "
+        "max_body_bytes arrives whole before anything reads it); past them, RESOURCE_EXHAUSTED at once.",
+    )
+    grpc_idle_s: float = Field(
+        30, gt=0, description="Seconds a gRPC connection with no call in progress stays open; clients reconnect."
+    )
     workers: int = Field(
         1, ge=1, description="Server processes; each holds its own compute pool of max_concurrency threads."
     )

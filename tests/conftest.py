@@ -20,6 +20,10 @@ from app.main import create_app
 from app.settings import Settings
 from benchmarks.serve import free_port, wait_ready
 
+# The gRPC server only where a test asks for it, on a free port (grpc_port=...): apps and
+# servers run side by side here, and the default port is one for all.
+os.environ["POOL_GRPC_PORT"] = "0"
+
 
 class Client:
     """A synchronous face on `httpx.AsyncClient` over `httpx.ASGITransport`:
