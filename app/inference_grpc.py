@@ -306,12 +306,15 @@ class _Calls:
 
 
 def details(problem: ProblemError) -> str:
-    """A problem as a status message: its detail, and where each fault lies."""
+    """A problem as a status message: each fault where it lies, or else its detail."""
     faults = [
         f"{'.'.join(str(part) for part in error.get('loc', ())) or 'request'}: {error.get('msg')}"
         for error in problem.errors or []
     ]
-    return problem.detail if not faults or faults == [problem.detail] else f"{problem.detail} [{'; '.join(faults)}]"
+    if not faults:
+        return problem.detail
+    more = f" (and {len(faults) - 5} more)" if len(faults) > 5 else ""
+    return "; ".join(faults[:5]) + more
 
 
 def _peer(peer: str) -> tuple[str, int] | None:
@@ -380,16 +383,16 @@ def _walk(data: memoryview, position: int, end: int, kind: str, left: list[int],
             length, position = _varint(data, position, end)
             stop = position + length
             if stop > end:
-                break
+                raise _not_a_request()
             if number in nested:
                 _walk(data, position, stop, nested[number], left, found)
             elif kind == "request" and number in (1, 2):
                 found[number] = bytes(data[position:stop])
             position = stop
-        else:
-            break
+        else:  # groups, long gone from protobuf, and no wire type at all
+            raise _not_a_request()
     if position != end:
-        raise UndecodableBody("the message is not a serialized ModelInferRequest")
+        raise _not_a_request()
 
 
 def _varint(data: memoryview, position: int, end: int) -> tuple[int, int]:
@@ -401,7 +404,11 @@ def _varint(data: memoryview, position: int, end: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, position
         shift += 7
-    raise UndecodableBody("the message is not a serialized ModelInferRequest")
+    raise _not_a_request()
+
+
+def _not_a_request() -> UndecodableBody:
+    return UndecodableBody("the message is not a serialized ModelInferRequest")
 
 
 # Typed contents: each datatype's field of InferTensorContents, and the numpy type it holds.
@@ -424,7 +431,7 @@ def decode_infer(operation: Operation, raw: bytes, request: Incoming, runtime: R
     try:
         message = pb.ModelInferRequest.FromString(raw)
     except DecodeError:
-        raise UndecodableBody("the message is not a serialized ModelInferRequest") from None
+        raise _not_a_request() from None
     parameters = {key: _parameter(value, ("parameters", key)) for key, value in message.parameters.items()}
     fields, timeout_s = request_fields(operation, parameters)
     if request.timeout_s is not None:  # the call's deadline
