@@ -52,7 +52,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     POOL_DEVICE=auto \
     POOL_HOST=0.0.0.0 \
-    POOL_PORT=8000
+    POOL_PORT=8000 \
+    POOL_GRPC_PORT=8001
 RUN groupadd --system --gid 10001 pool \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pool
 # The dependencies, then the service's code beside them in a small layer of its own: a change
@@ -62,7 +63,7 @@ WORKDIR /srv
 COPY app ./app
 RUN python -m compileall -q app
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # uvicorn serving app.main:app with uvloop and httptools; POOL_WORKERS sets its processes.

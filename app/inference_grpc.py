@@ -99,7 +99,6 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
                 ("grpc.max_send_message_length", -1),  # answers are bounded by the element limit
-                ("grpc.max_concurrent_streams", settings.grpc_max_calls),
                 ("grpc.max_metadata_size", settings.max_header_bytes),
                 ("grpc.max_connection_idle_ms", int(settings.grpc_idle_s * 1000)),
                 ("grpc.max_connection_age_ms", CONNECTION_AGE_S * 1000),

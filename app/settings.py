@@ -32,10 +32,11 @@ class Settings(BaseSettings):
         "same host as the HTTP server; 0 turns it off.",
     )
     grpc_max_calls: int = Field(
-        32,
+        64,
         ge=1,
-        description="gRPC calls a server process holds at once, counted from their first bytes (a message of up to "
-        "max_body_bytes arrives whole before anything reads it); past them, RESOURCE_EXHAUSTED at once.",
+        description="gRPC calls a server process holds at once, counted from their first bytes; past them, "
+        "RESOURCE_EXHAUSTED at once. Each may hold a message of up to max_body_bytes while it arrives, before "
+        "anything reads it: this bounds that memory.",
     )
     grpc_idle_s: float = Field(
         30, gt=0, description="Seconds a gRPC connection with no call in progress stays open; clients reconnect."

@@ -27,33 +27,47 @@ from benchmarks.serve import free_port, wait_ready, wrk
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def nginx_config(work: Path, port: int, grpc_port: int, replicas: list[tuple[int, int]]) -> Path:
+    """The project's nginx.conf for replicas on loopback ports ((HTTP, gRPC) each), listening
+    on `port` and `grpc_port`, with its temporary files and replica lists under `work`."""
+    (work / "upstreams.conf").write_text(
+        "".join(f"server 127.0.0.1:{http} max_fails=1 fail_timeout=2s;\n" for http, _ in replicas)
+    )
+    (work / "grpc_upstreams.conf").write_text(
+        "".join(f"server 127.0.0.1:{grpc} max_fails=1 fail_timeout=2s;\n" for _, grpc in replicas)
+    )
+    config = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    config = config.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    config = config.replace("listen 8081 http2;", f"listen 127.0.0.1:{grpc_port} http2;")
+    config = config.replace("/tmp/", f"{work}/")
+    if os.geteuid() == 0:
+        config = "user root;\n" + config  # its workers write body buffers under `work`
+    (work / "nginx.conf").write_text(config)
+    return work / "nginx.conf"
+
+
 def run(replicas: int, seconds: int, connections: int, body: bytes) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="pool-replicas-"))
     processes = []
     try:
-        ports = [free_port() for _ in range(replicas)]
-        for port in ports:
+        ports = [(free_port(), free_port()) for _ in range(replicas)]
+        for port, grpc_port in ports:
             env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1", "POOL_PORT": str(port)}
-            env.update(POOL_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
+            env.update(POOL_GRPC_PORT=str(grpc_port), POOL_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
             processes.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "app"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                 )
             )
-        for port in ports:
+        for port, _ in ports:
             wait_ready(f"http://127.0.0.1:{port}/readyz")
         front = free_port()
-        (work / "upstreams.conf").write_text("".join(f"server 127.0.0.1:{port};\n" for port in ports))
-        config = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
-        config = config.replace("listen 8080;", f"listen 127.0.0.1:{front};").replace("/tmp/", f"{work}/")
-        config = config.replace("worker_processes auto;", "worker_processes 1;")
-        if os.geteuid() == 0:
-            config = "user root;\n" + config
-        (work / "nginx.conf").write_text(config)
+        config = nginx_config(work, front, free_port(), ports)
+        config.write_text(config.read_text().replace("worker_processes auto;", "worker_processes 1;"))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         processes.append(
             subprocess.Popen(
-                [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.DEVNULL
+                [nginx, "-p", str(work), "-c", str(config), "-g", "daemon off;"], stderr=subprocess.DEVNULL
             )
         )
         wait_ready(f"http://127.0.0.1:{front}/nginx-health")

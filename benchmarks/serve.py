@@ -15,6 +15,8 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
   memory growth while serving W3.
 - W4 classifier head: global-avg2d on 32x512x7x7 float32 as npy_base64,
   against its in-process floor.
+- The protocol over gRPC: W1 from a grpc.aio client with 32 calls in flight, and
+  W3 as raw contents, against the same W3 as a raw .npy over REST and the floor.
 
 W2-W4 run the service, the in-process floor and HTTP alone (a plain ASGI app
 that reads the same body) in turn in every round, and compare the medians.
@@ -81,10 +83,11 @@ def wait_ready(url: str, deadline: float = 60, process: subprocess.Popen[bytes] 
 
 
 @contextmanager
-def server(app: str, threads: int, root: Path = ROOT) -> Iterator[tuple[int, int]]:
-    """(port, pid) of a uvicorn process serving `app` from the checkout at `root`."""
+def server(app: str, threads: int, root: Path = ROOT, grpc_port: int = 0) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a uvicorn process serving `app` from the checkout at `root` (the
+    service's gRPC server on `grpc_port`, if any)."""
     port = free_port()
-    env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads)}
+    env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads), "POOL_GRPC_PORT": str(grpc_port)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -156,6 +159,54 @@ def wrk(port: int, body: bytes, seconds: int, connections: int = 32) -> dict[str
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     assert rps and not errors, output
     return {"rps": float(rps.group(1)), "p50": latency("50"), "p99": latency("99")}
+
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def infer_message(op: str, x: np.ndarray, **parameters: int | bool) -> bytes:
+    """A serialized ModelInferRequest with `x` as raw contents, as tritonclient.grpc sends it."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=op)
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    for key, value in parameters.items():
+        setattr(request.parameters[key], "bool_param" if isinstance(value, bool) else "int64_param", value)
+    return request.SerializeToString()
+
+
+def grpc_rate(target: str, message: bytes, seconds: int, concurrency: int = 32) -> float:
+    """ModelInfer calls a second with `concurrency` in flight, from one grpc.aio client (in
+    this process, on the same cores as the server), the message serialized once."""
+    import asyncio
+
+    import grpc
+
+    async def run() -> float:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.unary_unary(INFER)
+            loop = asyncio.get_running_loop()
+            stop, done = loop.time() + seconds, 0
+
+            async def worker() -> None:
+                nonlocal done
+                while loop.time() < stop:
+                    await call(message)
+                    done += 1
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return done / seconds
+
+    return asyncio.run(run())
+
+
+def grpc_unary(target: str) -> Callable[[bytes], bytes]:
+    """A blocking ModelInfer on a channel that takes messages of any size."""
+    import grpc
+
+    unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    return grpc.insecure_channel(target, options=unlimited).unary_unary(INFER)
 
 
 def line(name: str, ours: float, floor: float, unit: str, target: str, transport: float | None = None) -> None:
@@ -286,6 +337,17 @@ def main() -> None:
         )
     else:
         print("W1 skipped: wrk is not installed (apt-get install wrk)")
+    tiny_x = np.array(orjson.loads(tiny)["input"], dtype=np.float32)
+    tiny_message = infer_message("max2d", tiny_x, kernel_size=2, return_indices=True)
+    grpc_port = free_port()
+    with server("app.main:app", args.threads, grpc_port=grpc_port):
+        target = f"127.0.0.1:{grpc_port}"
+        grpc_rate(target, tiny_message, 2)  # warm up
+        rates = [grpc_rate(target, tiny_message, args.seconds) for _ in range(args.rounds)]
+    print(
+        f"{'W1 over gRPC, 32 calls in flight: calls/s':<44} {statistics.median(rates):10.0f}   "
+        "(client: one grpc.aio process on the same cores)"
+    )
 
     def floor_w2() -> bytes:
         document = orjson.loads(medium)
@@ -309,7 +371,7 @@ def main() -> None:
     json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
     with (
         server("benchmarks.baseline_app:transport", args.threads) as (transport_port, _),
-        server("app.main:app", args.threads) as (port, pid),
+        server("app.main:app", args.threads, grpc_port=grpc_port) as (port, pid),
         torch.inference_mode(),
     ):
         bare = http.client.HTTPConnection("127.0.0.1", transport_port)
@@ -337,6 +399,19 @@ def main() -> None:
             post(connection, large_path, large_npy, npy_type, npz_type)
         peak = memory_kib(pid, "VmHWM")
         line("W3 large .npy body -> .npz, one client", ours, floor, "ms", "<= 1.25x", transport)
+        grpc_w3 = grpc_unary(f"127.0.0.1:{grpc_port}")
+        large_message = infer_message("max2d", large_x, kernel_size=2, stride=2)
+        grpc_w3(large_message)
+        over_grpc, over_rest, floor = interleaved(
+            [
+                lambda: grpc_w3(large_message),
+                lambda: post(connection, large_path, large_npy, npy_type, npz_type),
+                floor_w3_raw,
+            ],
+            args.repeat,
+        )
+        line("W3 over gRPC, raw contents, one client", over_grpc, floor, "ms", "none: see the README")
+        print(f"{'   gRPC over REST .npy, same run':<44} {over_grpc / over_rest:10.2f}x")
         w3_b64 = lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2))  # noqa: E731
         ours, floor, transport = measure(w3_b64, large_b64, "/pool/max2d", json_type, json_type)
         line("W3 large npy_base64 in JSON", ours, floor, "ms", "<= 1.3x", transport)

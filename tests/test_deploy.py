@@ -39,9 +39,14 @@ def test_compose_and_dockerfile_agree_on_port_healthcheck_and_command():
     service = _compose_service()
     dockerfile = (ROOT / "Dockerfile").read_text()
     nginx = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["nginx"]
-    assert nginx["ports"] == ["${POOL_BIND:-127.0.0.1}:${POOL_HOST_PORT:-8000}:8080"]
-    assert "EXPOSE 8000" in dockerfile
+    assert nginx["ports"] == [
+        "${POOL_BIND:-127.0.0.1}:${POOL_HOST_PORT:-8000}:8080",
+        "${POOL_BIND:-127.0.0.1}:${POOL_GRPC_HOST_PORT:-8001}:8081",
+    ]
+    assert "EXPOSE 8000 8001" in dockerfile and "POOL_GRPC_PORT=8001" in dockerfile
+    assert service["environment"]["POOL_GRPC_PORT"] == "8001"
     assert "server pooling:8000" in (ROOT / "deploy" / "nginx" / "upstreams.conf").read_text()
+    assert "server pooling:8001" in (ROOT / "deploy" / "nginx" / "grpc_upstreams.conf").read_text()
     assert "/healthz" in " ".join(service["healthcheck"]["test"]) and "/healthz" in dockerfile
     assert 'CMD ["python", "-m", "app"]' in dockerfile and "POOL_HOST=0.0.0.0" in dockerfile
     assert "POOL_PORT=8000" in dockerfile
@@ -97,13 +102,19 @@ def test_kubernetes_deployment_probes_limits_settings_and_grace_agree_with_the_s
     manifests = _manifests()
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001}
+    # Readiness through grpc.health.v1, which follows /readyz through a drain.
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    service = {port["name"]: port for port in manifests["Service"]["spec"]["ports"]}
+    assert service["grpc"]["targetPort"] == "grpc" and service["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     assert container["resources"]["limits"]["cpu"] and container["resources"]["requests"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
     settings = manifests["ConfigMap"]["data"]
     fields = {f"POOL_{name.upper()}" for name in Settings.model_fields}
     assert set(settings) <= fields and "POOL_API_KEYS" in manifests["Secret"]["stringData"]
+    assert int(settings["POOL_GRPC_PORT"]) == ports["grpc"]
     assert (
         float(settings["POOL_DRAIN_S"]) + float(settings["POOL_SHUTDOWN_GRACE_S"])
         < pod["terminationGracePeriodSeconds"]

@@ -1,6 +1,7 @@
 """Three replicas behind nginx (Debian's, with the project's configuration) on loopback
-ports, under a bounded mixed load, while one replica is killed with SIGKILL and later
-restarted and another is stopped with SIGTERM: every request gets torch's answer."""
+ports, under a bounded mixed load over HTTP and gRPC, while one replica is killed with
+SIGKILL and later restarted and another is stopped with SIGTERM: every request gets
+torch's answer."""
 
 from __future__ import annotations
 
@@ -19,22 +20,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
+from benchmarks.replicas import nginx_config
 from benchmarks.serve import free_port, wait_ready
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed (.ci/run installs it)")
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
 
 
 class Replica:
-    def __init__(self, port: int, log: Path) -> None:
-        self.port, self.log = port, log
+    def __init__(self, port: int, grpc_port: int, log: Path) -> None:
+        self.port, self.grpc_port, self.log = port, grpc_port, log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": "1", "POOL_PORT": str(self.port)}
-        env.update(POOL_DRAIN_S="1", POOL_SHUTDOWN_GRACE_S="5", POOL_LOG_LEVEL="warning")
+        env.update(POOL_GRPC_PORT=str(self.grpc_port), POOL_DRAIN_S="1", POOL_SHUTDOWN_GRACE_S="5")
+        env.update(POOL_LOG_LEVEL="warning")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -53,27 +57,18 @@ class Replica:
 
 @pytest.fixture
 def cluster(tmp_path):
-    replicas = [Replica(free_port(), tmp_path / f"replica-{i}.log") for i in range(3)]
+    replicas = [Replica(free_port(), free_port(), tmp_path / f"replica-{i}.log") for i in range(3)]
     for replica in replicas:
         replica.start()
-    port = free_port()
-    (tmp_path / "upstreams.conf").write_text(
-        "".join(f"server 127.0.0.1:{r.port} max_fails=1 fail_timeout=2s;\n" for r in replicas)
-    )
-    config = (DEPLOY / "nginx.conf").read_text().replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    config = config.replace("/tmp/", f"{tmp_path}/")
-    if os.geteuid() == 0:
-        config = "user root;\n" + config  # its workers write body buffers under tmp_path
-    (tmp_path / "nginx.conf").write_text(config)
+    port, grpc_port = free_port(), free_port()
+    config = nginx_config(tmp_path, port, grpc_port, [(r.port, r.grpc_port) for r in replicas])
     log = (tmp_path / "nginx.log").open("wb")
     nginx = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
+        [NGINX, "-p", str(tmp_path), "-c", str(config), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=log
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/nginx-health")
-        yield f"http://127.0.0.1:{port}", replicas
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", replicas
     finally:
         nginx.terminate()
         nginx.wait(timeout=30)
@@ -83,7 +78,7 @@ def cluster(tmp_path):
 
 
 def test_nothing_is_lost_when_replicas_die_and_stop(cluster):
-    url, replicas = cluster
+    url, grpc_target, replicas = cluster
     rng = np.random.default_rng(8)
     tiny = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
     medium = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)
@@ -103,6 +98,30 @@ def test_nothing_is_lost_when_replicas_die_and_stop(cluster):
 
     def one(index: int) -> str:
         op, x, params, want = jobs[index % 2]
+        outcome = over_grpc(op, x, params, want) if index % 3 == 2 else over_http(op, x, params, want)
+        with lock:
+            done["count"] += 1
+        return outcome
+
+    def over_grpc(op: str, x: np.ndarray, params: dict, want: torch.Tensor) -> str:
+        client = triton.InferenceServerClient(grpc_target)
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        try:
+            for _attempt in range(6):  # UNAVAILABLE (every slot taken, or a replica gone) is retried
+                try:
+                    got = client.infer(op, [tensor], parameters=params, client_timeout=30).as_numpy("output")
+                except InferenceServerException as error:
+                    if error.status() == "StatusCode.UNAVAILABLE":
+                        time.sleep(0.25)
+                        continue
+                    return f"wrong ({error.status()})"
+                return "right" if np.allclose(got, want.numpy(), rtol=1e-5, atol=1e-6) else "wrong (grpc)"
+            return "UNAVAILABLE six times"
+        finally:
+            client.close()
+
+    def over_http(op: str, x: np.ndarray, params: dict, want: torch.Tensor) -> str:
         with httpx.Client(base_url=url, timeout=30) as http:
             for _attempt in range(6):  # a clean 503 is retried, as its Retry-After says
                 try:
@@ -119,8 +138,6 @@ def test_nothing_is_lost_when_replicas_die_and_stop(cluster):
                 break
             else:
                 outcome = "503 six times"
-        with lock:
-            done["count"] += 1
         return outcome
 
     def chaos() -> None:
