@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.paths import metered_op, needs_key
 from app.responses import problem_response
-from app.telemetry import AccessLog, Metrics
+from app.telemetry import PROTOCOLS, AccessLog, Metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
@@ -102,10 +102,11 @@ class Gate:
 
     def _record(self, scope: Scope, rid: str, status: int, bytes_out: int, seconds: float) -> None:
         path = scope["path"]
-        op = metered_op(scope["method"], path, self._operations)
+        metered = metered_op(scope["method"], path, self._operations)
+        op = metered[0] if metered is not None else None
         bytes_in = _content_length(scope)
-        if op is not None:
-            self._metrics.observe(op, status, seconds, bytes_in, bytes_out)
+        if metered is not None:
+            self._metrics.observe(metered[0], PROTOCOLS[metered[1]], status, seconds, bytes_in, bytes_out)
         self._access_log.request(
             rid, scope["method"], path, op, status, seconds, bytes_in, bytes_out, scope.get("client")
         )

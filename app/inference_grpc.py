@@ -57,6 +57,7 @@ from app.paths import VERSION
 from app.pipeline import Decoded, Job, Runtime, run_body
 from app.requests import Incoming
 from app.settings import Settings
+from app.telemetry import PROTOCOLS
 
 log = logging.getLogger("app.grpc")
 
@@ -233,7 +234,8 @@ class _Calls:
         finally:
             seconds = time.perf_counter() - started
             if call.op is not None:
-                self.runtime.metrics.observe(call.op, call.status, seconds, call.bytes_in, call.bytes_out)
+                metrics = self.runtime.metrics
+                metrics.observe(call.op, PROTOCOLS["grpc"], call.status, seconds, call.bytes_in, call.bytes_out)
             self.runtime.access_log.request(
                 rid,
                 "GRPC",

@@ -53,14 +53,14 @@ def needs_key(method: str, path: str) -> bool:
     return method == "POST" and compute_target(path) is not None
 
 
-def metered_op(method: str, path: str, operations: Container[str]) -> str | None:
-    """The op a request computes, for metrics: `unknown` for a name no op has, None
-    for requests that compute nothing."""
+def metered_op(method: str, path: str, operations: Container[str]) -> tuple[str, Door] | None:
+    """The op a request computes and its door, for metrics: `unknown` for a name no op has,
+    None for requests that compute nothing."""
     target = compute_target(path) if method == "POST" else None
     if target is None:
         return None
     op = model_version(target[0])[0]
-    return op if op in operations else "unknown"
+    return (op if op in operations else "unknown"), target[1]
 
 
 def served_paths(operations: Iterable[str]) -> set[str]:

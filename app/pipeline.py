@@ -149,6 +149,9 @@ async def run_body(operation: Operation, raw: B, request: Incoming, runtime: Run
     except BaseException:
         runtime.statistics.record(operation.name, False, time.perf_counter_ns() - started, timings)
         raise
+    finally:
+        if timings.waited:
+            runtime.metrics.queue_wait.observe(timings.queue / 1e9)
     runtime.statistics.record(operation.name, True, time.perf_counter_ns() - started, timings)
     return answer
 

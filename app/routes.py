@@ -110,6 +110,9 @@ def service_router(settings: Settings, runtime: Runtime) -> APIRouter:
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # HEAD as monitoring checks send it (the server sends the headers alone); one operation in the schema.
+    router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)
+
     @router.get("/info", summary="Version, device and limits", operation_id="info")
     async def info() -> dict[str, Any]:
         return {

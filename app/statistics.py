@@ -22,11 +22,21 @@ PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 class Timings:
     """One request's phases, in nanoseconds, as they are measured."""
 
-    __slots__ = ("compute_infer", "compute_input", "compute_output", "computed", "dry_run", "queue", "queued_at")
+    __slots__ = (
+        "compute_infer",
+        "compute_input",
+        "compute_output",
+        "computed",
+        "dry_run",
+        "queue",
+        "queued_at",
+        "waited",
+    )
 
     def __init__(self) -> None:
         self.queue = self.compute_input = self.compute_infer = self.compute_output = 0
         self.queued_at: int | None = None  # perf_counter_ns() when it was handed to the pool
+        self.waited = False  # it ran in the pool, after `queue` ns in its queue
         self.computed = False  # a computation ran to its end
         self.dry_run = False  # a dry run, even a refused one, is no inference
 
@@ -35,6 +45,7 @@ class Timings:
         if self.queued_at is not None:
             self.queue = time.perf_counter_ns() - self.queued_at
             self.queued_at = None
+            self.waited = True
 
 
 class _Model:

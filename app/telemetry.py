@@ -20,12 +20,14 @@ from itertools import accumulate
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, Metric
+from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, Metric, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from app import __version__
 
 REJECTED = {401: "unauthorized", 413: "too_large", 503: "overloaded"}
+# The `protocol` label: the native API, and the Open Inference Protocol over REST and gRPC.
+PROTOCOLS = {"native": "native", "protocol": "v2-rest", "grpc": "v2-grpc"}
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -39,13 +41,20 @@ class Metrics:
 
     def __init__(self, device: str, torch_version: str) -> None:
         self.registry = CollectorRegistry()
-        self._ops: dict[str, _OpStats] = {}
+        ProcessCollector(registry=self.registry)  # process_*: memory, CPU, open files
+        self._ops: dict[tuple[str, str], _OpStats] = {}
         self._rejected: dict[str, int] = {}
         self.registry.register(self)
         self.in_flight = Gauge(
             "pool_computations_in_flight", "Computations running in the pool", registry=self.registry
         )
         self.queued = Gauge("pool_queue_length", "Computations waiting for a pool slot", registry=self.registry)
+        self.queue_wait = Histogram(
+            "pool_queue_wait_seconds",
+            "How long computations waited for a compute slot (those that ran in the pool)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "pool_event_loop_lag_seconds",
             "How late the event loop ran a timer it set: what every request waited behind whatever held the loop",
@@ -64,10 +73,11 @@ class Metrics:
             await asyncio.sleep(interval)
             self.loop_lag.observe(max(0.0, loop.time() - started - interval))
 
-    def observe(self, op: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
-        stats = self._ops.get(op)
+    def observe(self, op: str, protocol: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """One request for `op` through `protocol` (one of PROTOCOLS)."""
+        stats = self._ops.get((op, protocol))
         if stats is None:
-            stats = self._ops[op] = _OpStats()
+            stats = self._ops[(op, protocol)] = _OpStats()
         stats.statuses[status] = stats.statuses.get(status, 0) + 1
         stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         stats.seconds += seconds
@@ -78,18 +88,21 @@ class Metrics:
             self._rejected[reason] = self._rejected.get(reason, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("pool_requests", "Pooling requests by op and status", labels=("op", "status"))
-        latency = HistogramMetricFamily("pool_request_duration_seconds", "Time from request to answer", labels=("op",))
-        received = CounterMetricFamily("pool_request_bytes", "Request body bytes", labels=("op",))
-        sent = CounterMetricFamily("pool_response_bytes", "Response body bytes", labels=("op",))
-        for op, stats in list(self._ops.items()):
+        labels = ("op", "protocol")
+        requests = CounterMetricFamily(
+            "pool_requests", "Pooling requests by op, protocol and status", labels=(*labels, "status")
+        )
+        latency = HistogramMetricFamily("pool_request_duration_seconds", "Time from request to answer", labels=labels)
+        received = CounterMetricFamily("pool_request_bytes", "Request body bytes", labels=labels)
+        sent = CounterMetricFamily("pool_response_bytes", "Response body bytes", labels=labels)
+        bounds = [*(str(bound) for bound in LATENCY_BUCKETS), "+Inf"]
+        for key, stats in list(self._ops.items()):
             for status, count in list(stats.statuses.items()):
-                requests.add_metric((op, str(status)), count)
+                requests.add_metric((*key, str(status)), count)
             cumulative = list(accumulate(stats.buckets))
-            bounds = [*(str(bound) for bound in LATENCY_BUCKETS), "+Inf"]
-            latency.add_metric((op,), list(zip(bounds, cumulative, strict=True)), stats.seconds)
-            received.add_metric((op,), stats.bytes_in)
-            sent.add_metric((op,), stats.bytes_out)
+            latency.add_metric(key, list(zip(bounds, cumulative, strict=True)), stats.seconds)
+            received.add_metric(key, stats.bytes_in)
+            sent.add_metric(key, stats.bytes_out)
         rejected = CounterMetricFamily(
             "pool_rejected", "Requests refused before computing, by reason", labels=("reason",)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -121,3 +122,77 @@ def test_kubernetes_deployment_probes_limits_settings_and_grace_agree_with_the_s
     )
     assert settings["POOL_TORCH_THREADS"] == container["resources"]["limits"]["cpu"]  # no oversubscription
     assert manifests["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+SCHEMAS = ROOT / "deploy" / "schemas"
+
+
+def _custom_resource(path: str) -> dict:
+    return yaml.safe_load((ROOT / "deploy" / path).read_text())
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [
+        ("keda/scaledobject.yaml", "keda.sh/scaledobject_v1alpha1.json"),
+        ("kserve/inferenceservice.yaml", "serving.kserve.io/inferenceservice_v1beta1.json"),
+    ],
+)
+def test_custom_resources_are_valid_against_their_pinned_schemas(path, schema):
+    """The KEDA ScaledObject and the KServe InferenceService, against copies of their CRDs'
+    schemas (deploy/schemas/README.md says where from), which refuse unknown fields."""
+    import jsonschema
+
+    manifest = _custom_resource(path)
+    jsonschema.validate(manifest, json.loads((SCHEMAS / schema).read_text()))
+    # A misspelt field is caught: the check can fail.
+    broken = {**manifest, "spec": {**manifest["spec"], "minReplicaCuont": 1}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads((SCHEMAS / schema).read_text()))
+
+
+def test_keda_scales_the_deployment_on_metrics_the_service_exports():
+    scaled = _custom_resource("keda/scaledobject.yaml")
+    deployment = _manifests()["Deployment"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    queries = [trigger["metadata"]["query"] for trigger in scaled["spec"]["triggers"]]
+    assert _metric_names(" ".join(queries)) == {"pool_queue_length", "pool_computations_in_flight"}
+    assert _metric_names(" ".join(queries)) <= _exported()
+
+
+def test_kserve_predictor_serves_the_protocol_on_its_port():
+    service = _custom_resource("kserve/inferenceservice.yaml")
+    (container,) = service["spec"]["predictor"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert set(env) <= {f"POOL_{name.upper()}" for name in Settings.model_fields}
+    assert int(env["POOL_PORT"]) == container["ports"][0]["containerPort"] == 8080
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def test_grafana_dashboard_queries_name_only_exported_metrics():
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "pooling-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(expressions) >= 10
+    named = set().union(*(_metric_names(expr) for expr in expressions))
+    assert named <= _exported(), named - _exported()
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for subject in ("requests", "latency", "queue", "shed", "event-loop lag", "memory"):
+        assert subject in titles
+
+
+def _metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\b(?:pool|process)_[a-z_]+\b", expression))
+
+
+def _exported() -> set[str]:
+    """Every series name the service's /metrics has after a request, suffixes and all."""
+    from tests.conftest import Client
+
+    client = Client(max_body_bytes=1024)
+    try:
+        assert client.post("/pool/max2d", json={"input": [[[[1.0, 2.0], [3.0, 4.0]]]], "kernel_size": 1}).is_success
+        assert client.post("/pool/max2d", content=b" " * 2048).status_code == 413  # a refusal, counted
+        text = client.get("/metrics").text
+    finally:
+        client.close()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}

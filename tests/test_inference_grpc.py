@@ -400,8 +400,8 @@ def test_calls_are_metered_and_logged(served):
     with pytest.raises(InferenceServerException):
         served.client.infer("avg1d", [_input(X[:, :, 0])], parameters={"kernel_size": 99})
     metrics = httpx.get(f"{served.url}/metrics").text
-    assert 'pool_requests_total{op="avg1d",status="200"}' in metrics
-    assert 'pool_requests_total{op="avg1d",status="422"}' in metrics
+    assert 'pool_requests_total{op="avg1d",protocol="v2-grpc",status="200"}' in metrics
+    assert 'pool_requests_total{op="avg1d",protocol="v2-grpc",status="422"}' in metrics
     deadline = time.monotonic() + 3
     while '"request_id":"g-42"' not in served.log.read_text():
         assert time.monotonic() < deadline

@@ -33,54 +33,46 @@ def test_metrics_count_requests_latency_bytes_and_rejections(make_client):
     client.post("/pool/max2d", json={"input": GRID})  # 422
     client.post("/pool/max2d", content=b"x" * 20_000, headers={"content-type": "application/json"})  # 413
     client.post("/pool/no-such-op", json={})  # 404, labelled unknown rather than by what the client sent
+    infer = {
+        "parameters": {"kernel_size": 2},
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+    }
+    assert client.post("/v2/models/max2d/versions/1/infer", json=infer).status_code == 200
     text = client.get("/metrics").text
-    assert metric(text, "pool_requests_total", op="max2d", status="200") == 3
-    assert metric(text, "pool_requests_total", op="max2d", status="422") == 1
-    assert metric(text, "pool_requests_total", op="unknown", status="404") == 1
-    assert metric(text, "pool_request_duration_seconds_count", op="max2d") == 5
-    assert metric(text, "pool_request_bytes_total", op="max2d") >= 20_000
-    assert metric(text, "pool_response_bytes_total", op="max2d") > 0
+    native = {"op": "max2d", "protocol": "native"}
+    assert metric(text, "pool_requests_total", **native, status="200") == 3
+    assert metric(text, "pool_requests_total", **native, status="422") == 1
+    assert metric(text, "pool_requests_total", op="unknown", protocol="native", status="404") == 1
+    assert metric(text, "pool_requests_total", op="max2d", protocol="v2-rest", status="200") == 1
+    assert metric(text, "pool_request_duration_seconds_count", **native) == 5
+    assert metric(text, "pool_request_bytes_total", **native) >= 20_000
+    assert metric(text, "pool_response_bytes_total", **native) > 0
     assert metric(text, "pool_rejected_total", reason="too_large") == 1
     assert metric(text, "pool_computations_in_flight") == 0 and metric(text, "pool_queue_length") == 0
     assert 'pool_device_info{device="cpu"' in text
     assert "no-such-op" not in text
+    # The process's own figures, from prometheus-client's collector.
+    assert metric(text, "process_resident_memory_bytes") > 10**6 and metric(text, "process_open_fds") > 0
 
 
-def test_the_kept_counts_expose_as_prometheus_clients_own_metrics_would():
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+def test_queue_wait_is_measured_for_computations_in_the_pool(make_client):
+    client = make_client(inline_max_work=0)  # every computation in the pool
+    for _ in range(4):
+        assert client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}).status_code == 200
+    assert client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2, "dry_run": True}).status_code in (
+        200,
+        422,
+    )
+    text = client.get("/metrics").text
+    assert metric(text, "pool_queue_wait_seconds_count") == 4
+    assert 0 < metric(text, "pool_queue_wait_seconds_sum") < 4
 
-    from app.telemetry import LATENCY_BUCKETS, Metrics
 
-    ours = Metrics("cpu", "test")
-    registry = CollectorRegistry()
-    latency = Histogram("pool_request_duration_seconds", "", ("op",), buckets=LATENCY_BUCKETS, registry=registry)
-    requests = Counter("pool_requests", "", ("op", "status"), registry=registry)
-    received = Counter("pool_request_bytes", "", ("op",), registry=registry)
-    # Bucket bounds themselves, between them, beyond the last, and two ops.
-    for op, status, seconds, size in [
-        ("max2d", 200, 0.0005, 10),
-        ("max2d", 200, 0.0007, 20),
-        ("max2d", 422, 0.01, 30),
-        ("avg1d", 200, 12.0, 40),
-        ("avg1d", 413, 0.0, 50),
-    ]:
-        ours.observe(op, status, seconds, size, 1)
-        latency.labels(op).observe(seconds)
-        requests.labels(op, str(status)).inc()
-        received.labels(op).inc(size)
-    mine, theirs = generate_latest(ours.registry).decode(), generate_latest(registry).decode()
-    for op in ("max2d", "avg1d"):
-        for bound in (*LATENCY_BUCKETS, "+Inf"):
-            name = "pool_request_duration_seconds_bucket"
-            assert metric(mine, name, le=str(bound), op=op) == metric(theirs, name, le=str(bound), op=op)
-        for name in ("pool_request_duration_seconds_count", "pool_request_duration_seconds_sum"):
-            assert metric(mine, name, op=op) == pytest.approx(metric(theirs, name, op=op))
-        assert metric(mine, "pool_request_bytes_total", op=op) == metric(theirs, "pool_request_bytes_total", op=op)
-    for op, status in (("max2d", 200), ("max2d", 422), ("avg1d", 200), ("avg1d", 413)):
-        assert metric(mine, "pool_requests_total", op=op, status=str(status)) == metric(
-            theirs, "pool_requests_total", op=op, status=str(status)
-        )
-    assert metric(mine, "pool_rejected_total", reason="too_large") == 1
+def test_metrics_answer_head_and_get(client):
+    head = client.request("HEAD", "/metrics")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/plain")
+    assert client.get("/metrics").text.startswith("#")
 
 
 def test_metrics_need_a_key_when_keys_are_set(make_client):
