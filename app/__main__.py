@@ -23,6 +23,7 @@ import uvicorn
 from app.connections import GuardedHttpProtocol
 from app.lifecycle import Lifecycle
 from app.settings import Settings
+from app.telemetry import configure_logging
 
 
 class DrainingServer(uvicorn.Server):
@@ -62,8 +63,10 @@ def main() -> None:
         "server_header": False,
         "access_log": False,  # the service logs each request itself, as JSON lines
         "log_level": settings.log_level,
+        "log_config": None,  # its lines go through the service's JSON handler (app.telemetry)
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }
+    configure_logging(settings.log_level)
     if settings.workers > 1:
         # uvicorn's supervisor runs the workers; each still lets in-flight requests finish.
         uvicorn.run("app.main:app", **options)

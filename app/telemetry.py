@@ -221,11 +221,13 @@ class JsonLines(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
-    """JSON lines on stderr for the service's loggers, once per process."""
-    root = logging.getLogger("app")
-    root.setLevel(level.upper())
+    """Every record written through Python's logging, the service's, uvicorn's and grpc's
+    alike, as one JSON line on stderr (the handler is added once per process). grpc's C core
+    writes its own few lines, at errors, past Python's logging."""
+    root = logging.getLogger()
     if not any(isinstance(handler.formatter, JsonLines) for handler in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonLines())
         root.addHandler(handler)
-        root.propagate = False
+    for name in ("app", "uvicorn", "grpc"):
+        logging.getLogger(name).setLevel(level.upper())

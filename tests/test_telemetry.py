@@ -6,12 +6,14 @@ import io
 import json
 import logging
 import re
+import signal
 import time
 
 import httpx
 import pytest
 
 from app.telemetry import JsonLines
+from tests.conftest import PROCESSES, serving
 
 GRID = [[[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]]]
 
@@ -138,3 +140,20 @@ def test_a_running_server_exports_its_event_loop_lag(server):
             break
         time.sleep(0.1)
     assert count >= 1
+
+
+def test_every_log_line_is_json_uvicorns_and_grpcs_included(tmp_path):
+    """The server's whole log, start to stop: uvicorn's lines, the gRPC server's, the access
+    lines and the service's own, each one JSON object with the same fields."""
+    from benchmarks.serve import free_port
+
+    with serving(tmp_path, grpc_port=str(free_port()), drain_s="0.2") as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        PROCESSES[url].send_signal(signal.SIGTERM)
+        PROCESSES[url].wait(timeout=30)
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines()]
+    assert all({"time", "level", "logger"} <= set(line) for line in lines), lines
+    messages = " | ".join(line.get("message", "") for line in lines)
+    for said in ("Started server process", "Uvicorn running on", "gRPC server listening", "Finished server process"):
+        assert said in messages, messages
+    assert any(line["logger"] == "app.access" and line["path"] == "/healthz" for line in lines)
