@@ -26,6 +26,7 @@ from app.paths import VERSION, compute_target, model_version
 from app.pipeline import Decoder, Runtime, run_operation
 from app.requests import Incoming
 from app.responses import Answer, Reply, internal_error, problem_of, problem_response
+from app.statistics import Timings
 
 DECODERS: dict[str, Decoder[bytearray, Answer]] = {"native": decode_native, "protocol": decode_oip}
 
@@ -61,10 +62,14 @@ class PoolEndpoint:
             if version not in (None, VERSION):
                 raise NotFound(f"model {op} has no version {shown(version)}; its one version is {VERSION}")
             request = incoming(scope, receive)
-            response = await run_operation(operation, request, self.runtime, DECODERS[door])
+            timings = Timings(traced=self.runtime.tracer is not None)
+            if timings.marks is not None:
+                scope.setdefault("state", {})["timings"] = timings  # for the gate's trace
+            answer = await run_operation(operation, request, self.runtime, DECODERS[door], timings)
             coding = answer_coding(request.headers.get("accept-encoding"))
-            if coding is not None and len(response.body) >= SMALLEST and response.media_type in COMPRESSED:
-                response.encoded(await compress(response.body, coding), coding)
+            if coding is not None and len(answer.body) >= SMALLEST and answer.media_type in COMPRESSED:
+                answer.encoded(await compress(answer.body, coding), coding)
+            response = answer
         except ProblemError as problem:
             response = problem_of(problem, v2=protocol)
         except ClientGone:

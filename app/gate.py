@@ -16,11 +16,13 @@ import re
 import time
 from collections.abc import Collection, Iterable
 
+from opentelemetry.trace import Span, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.paths import metered_op, needs_key
+from app.paths import compute_template, metered_op, needs_key
 from app.responses import problem_response
 from app.telemetry import PROTOCOLS, AccessLog, Metrics
+from app.tracing import end_server_span, server_span, trace_id
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
@@ -52,20 +54,37 @@ def key_matches(keys: list[bytes], given: bytes | None) -> bool:
 
 class Gate:
     def __init__(
-        self, app: ASGIApp, keys: list[str], metrics: Metrics, access_log: AccessLog, operations: Collection[str]
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        metrics: Metrics,
+        access_log: AccessLog,
+        operations: Collection[str],
+        tracer: Tracer | None = None,
     ) -> None:
         self.app = app
         self._keys = [key.encode() for key in keys]
         self._metrics = metrics
         self._access_log = access_log
         self._operations = operations
+        self._tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = request_id_from(_header(scope, b"x-request-id"))
+        span = None
+        if self._tracer is not None:
+            carrier = {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name in (b"traceparent", b"tracestate")
+            }
+            attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+            span = server_span(self._tracer, scope["method"], carrier, attributes)
+        # Traced, a request's id is its trace's unless the client sent one: logs and traces join.
+        rid = request_id_from(_header(scope, b"x-request-id"), trace_id(span) if span is not None else None)
         scope.setdefault("state", {})["request_id"] = rid
         extra = [*SECURITY_HEADERS, (b"x-request-id", rid.encode())]
         status = sent = 0
@@ -98,17 +117,33 @@ class Gate:
             status = status or 500
             raise
         finally:
-            self._record(scope, rid, status, sent, time.perf_counter() - started)
+            self._record(scope, rid, status, sent, time.perf_counter() - started, span)
 
-    def _record(self, scope: Scope, rid: str, status: int, bytes_out: int, seconds: float) -> None:
+    def _record(self, scope: Scope, rid: str, status: int, bytes_out: int, seconds: float, span: Span | None) -> None:
         path = scope["path"]
         metered = metered_op(scope["method"], path, self._operations)
         op = metered[0] if metered is not None else None
         bytes_in = _content_length(scope)
         if metered is not None:
             self._metrics.observe(metered[0], PROTOCOLS[metered[1]], status, seconds, bytes_in, bytes_out)
+        if span is not None and self._tracer is not None:
+            route = scope.get("route")  # the route's template, once routed: names stay few
+            template = compute_template(path) or getattr(route, "path", None)
+            span.update_name(f"{scope['method']} {template}" if template else scope["method"])
+            span.set_attributes({"pool.op": op or "", "http.request.body.size": bytes_in})
+            span.set_attribute("http.response.body.size", bytes_out)
+            end_server_span(self._tracer, span, status, scope["state"].get("timings"))
         self._access_log.request(
-            rid, scope["method"], path, op, status, seconds, bytes_in, bytes_out, scope.get("client")
+            rid,
+            scope["method"],
+            path,
+            op,
+            status,
+            seconds,
+            bytes_in,
+            bytes_out,
+            scope.get("client"),
+            trace_id(span) if span is not None else None,
         )
 
 
@@ -131,10 +166,11 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
 
 
-def request_id_from(given: bytes | None) -> str:
-    """The client's X-Request-ID (header or metadata) when it is a sane token, else a new one."""
+def request_id_from(given: bytes | None, fallback: str | None = None) -> str:
+    """The client's X-Request-ID (header or metadata) when it is a sane token, else
+    `fallback` (a trace id) or a new one."""
     if given is not None:
         text = given.decode("latin-1")
         if _REQUEST_ID.fullmatch(text):
             return text
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return fallback or f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"

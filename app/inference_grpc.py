@@ -57,7 +57,9 @@ from app.paths import VERSION
 from app.pipeline import Decoded, Job, Runtime, run_body
 from app.requests import Incoming
 from app.settings import Settings
+from app.statistics import Timings
 from app.telemetry import PROTOCOLS
+from app.tracing import CARRIED, end_server_span, server_span, trace_id
 
 log = logging.getLogger("app.grpc")
 
@@ -144,14 +146,15 @@ class GrpcServer:
 
 
 class _Call:
-    """What the access log and the metrics record of one call."""
+    """What the access log, the metrics and the trace record of one call."""
 
-    __slots__ = ("bytes_in", "bytes_out", "op", "status")
+    __slots__ = ("bytes_in", "bytes_out", "op", "status", "timings")
 
-    def __init__(self) -> None:
+    def __init__(self, traced: bool) -> None:
         self.status = 200
         self.op: str | None = None  # metered when it computes
         self.bytes_in = self.bytes_out = 0
+        self.timings = Timings(traced)  # the phases of an inference
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext, _Call], Awaitable[Any]]
@@ -202,9 +205,15 @@ class _Calls:
             (key.encode("latin-1"), value.encode("latin-1") if isinstance(value, str) else value)
             for key, value in context.invocation_metadata() or ()
         ]
-        rid = request_id_from(next((value for key, value in metadata if key == b"x-request-id"), None))
+        tracer, span = self.runtime.tracer, None
+        if tracer is not None:
+            carrier = {key.decode(): value.decode("latin-1") for key, value in metadata if key.decode() in CARRIED}
+            attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+            span = server_span(tracer, f"{SERVICE}/{name}", carrier, attributes)
+        given = next((value for key, value in metadata if key == b"x-request-id"), None)
+        rid = request_id_from(given, trace_id(span) if span is not None else None)
         trailing: tuple[tuple[str, str], ...] = (("x-request-id", rid),)
-        call = _Call()
+        call = _Call(span is not None)
         try:
             if keyed and self._keys and not key_matches(self._keys, presented_key(metadata)):
                 call.status = 401
@@ -236,6 +245,10 @@ class _Calls:
             if call.op is not None:
                 metrics = self.runtime.metrics
                 metrics.observe(call.op, PROTOCOLS["grpc"], call.status, seconds, call.bytes_in, call.bytes_out)
+            if span is not None and tracer is not None:
+                span.set_attributes({"pool.op": call.op or "", "rpc.request.size": call.bytes_in})
+                span.set_attribute("rpc.response.size", call.bytes_out)
+                end_server_span(tracer, span, call.status, call.timings)
             self.runtime.access_log.request(
                 rid,
                 "GRPC",
@@ -246,6 +259,7 @@ class _Calls:
                 call.bytes_in,
                 call.bytes_out,
                 _peer(context.peer()),
+                trace_id(span) if span is not None else None,
             )
 
     def _operation(self, name: str, version: str) -> Operation:
@@ -299,7 +313,7 @@ class _Calls:
         bodies = self.runtime.bodies
         bodies.take(len(raw))
         try:
-            answer = await run_body(operation, raw, incoming, self.runtime, decode_infer)
+            answer = await run_body(operation, raw, incoming, self.runtime, decode_infer, call.timings)
         finally:
             bodies.give_back(len(raw))
         call.bytes_out = len(answer)

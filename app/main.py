@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
@@ -35,6 +37,7 @@ from app.routes import catalogue_router, install_error_handlers, service_router
 from app.settings import Settings
 from app.statistics import InferenceStatistics
 from app.telemetry import AccessLog, Metrics, configure_logging
+from app.tracing import provider_from_environment, tracer_of
 
 DESCRIPTION = """\
 Every pooling operation of modern deep learning — max, average, Lp, adaptive,
@@ -45,7 +48,11 @@ parameters. Errors are `application/problem+json`.
 """
 
 
-def create_app(settings: Settings | None = None, operations: dict[str, Operation] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    operations: dict[str, Operation] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     """The service. A request passes, top to bottom:
 
     1. CORS, where origins are configured: a browser's preflight is answered
@@ -65,10 +72,13 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
     the same pipeline, with its own gate, which HTTP middleware does not wrap.
     """
     settings = settings or Settings()
-    runtime = build_runtime(settings, operations if operations is not None else OPERATIONS)
+    # Traces go where the OTEL_* variables say, unless a provider is given (tests give theirs).
+    own_provider = tracer_provider is None
+    provider = provider_from_environment() if own_provider else tracer_provider
+    runtime = build_runtime(settings, operations if operations is not None else OPERATIONS, tracer_of(provider))
     layers = [
         *cors(settings),
-        Middleware(Gate, settings.api_keys, runtime.metrics, runtime.access_log, runtime.operations),
+        Middleware(Gate, settings.api_keys, runtime.metrics, runtime.access_log, runtime.operations, runtime.tracer),
         Middleware(PoolEndpoint, runtime, settings.retry_after_s),
     ]
 
@@ -90,6 +100,8 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
         lag.cancel()
         runtime.executor.close()
         runtime.access_log.close()
+        if own_provider and provider is not None:
+            provider.shutdown()  # the spans still batched are sent
 
     app = FastAPI(
         title="Pooling service",
@@ -121,7 +133,7 @@ def create_app(settings: Settings | None = None, operations: dict[str, Operation
     return app
 
 
-def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runtime:
+def build_runtime(settings: Settings, operations: dict[str, Operation], tracer: Tracer | None = None) -> Runtime:
     configure_logging(settings.log_level)
     executor = Executor(settings)
     metrics = Metrics(str(executor.device), torch.__version__)
@@ -143,6 +155,7 @@ def build_runtime(settings: Settings, operations: dict[str, Operation]) -> Runti
         metrics=metrics,
         access_log=AccessLog(enabled=logging.getLogger("app.access").isEnabledFor(logging.INFO)),
         statistics=InferenceStatistics(list(operations)),
+        tracer=tracer,
     )
 
 

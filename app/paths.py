@@ -29,6 +29,14 @@ def compute_target(path: str) -> tuple[str, Door] | None:
     return None
 
 
+def compute_template(path: str) -> str | None:
+    """The pooling endpoint's path as a template (`/pool/{op}`), for names that stay few."""
+    target = compute_target(path)
+    if target is None:
+        return None
+    return f"{POOL_PREFIX}{{op}}" if target[1] == "native" else f"{V2_MODELS}{{op}}{V2_INFER}"
+
+
 VERSION = "1"  # every model's one version
 VERSIONS = "/versions/"
 VERSIONED = "/versions/{version}"  # as routes and the schema write it

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from app import codecs
@@ -65,6 +66,7 @@ class Runtime:
     access_log: AccessLog
     statistics: InferenceStatistics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    tracer: Tracer | None = None  # None: tracing is off (`app.tracing`)
 
 
 # Made for every request: a frozen dataclass's __init__ costs five times as much.
@@ -121,16 +123,22 @@ Encoder = Callable[[Job[R], np.ndarray, "np.ndarray | None"], R]
 Decoder = Callable[[Operation, B, Incoming, Runtime], Decoded[R]]
 
 
-async def run_operation(operation: Operation, request: Incoming, runtime: Runtime, decoder: Decoder[bytearray, R]) -> R:
+async def run_operation(
+    operation: Operation, request: Incoming, runtime: Runtime, decoder: Decoder[bytearray, R], timings: Timings
+) -> R:
     """One request. A small one is decoded, pooled and encoded right on the event loop,
     where a thread hop would cost more than the work; a large body, or a large output,
     goes to the bounded compute pool, so cheap requests never wait behind it here."""
     coding = request_coding(request.headers.get("content-encoding"))
+    reading = time.perf_counter_ns()
     raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)
+    timings.mark("read body", reading)
     if coding is not None:
+        inflating = time.perf_counter_ns()
         raw = await inflate(raw, coding, runtime.max_body_bytes, runtime.bodies)
+        timings.mark("inflate", inflating)
     try:
-        answer = await run_body(operation, raw, request, runtime, decoder)
+        answer = await run_body(operation, raw, request, runtime, decoder, timings)
     finally:
         runtime.bodies.give_back(len(raw))
     # Only a request that ran to the end gives its buffer for reuse: one that timed out
@@ -139,10 +147,12 @@ async def run_operation(operation: Operation, request: Incoming, runtime: Runtim
     return answer
 
 
-async def run_body(operation: Operation, raw: B, request: Incoming, runtime: Runtime, decoder: Decoder[B, R]) -> R:
-    """A request whose body is in (and in the body budget). An inference, for the statistics,
-    from this moment: refusals before it (limits, pace, encoding) never reached the model."""
-    timings = Timings()
+async def run_body(
+    operation: Operation, raw: B, request: Incoming, runtime: Runtime, decoder: Decoder[B, R], timings: Timings
+) -> R:
+    """A request whose body is in (and in the body budget), its phases timed into `timings`.
+    An inference, for the statistics, from this moment: refusals before it (limits, pace,
+    encoding) never reached the model."""
     started = time.perf_counter_ns()
     try:
         answer = await _answer(operation, request, runtime, raw, decoder, timings)
@@ -209,9 +219,16 @@ def _prepared(
     """Decoded, validated and planned, wherever that runs, with its time counted as the
     statistics' compute_input; a dry run's answer comes back in place of the job."""
     decoding = time.perf_counter_ns()
-    decoded = decoder(operation, raw, request, runtime)
+    try:  # a phase that fails is traced too: where a request was refused shows
+        decoded = decoder(operation, raw, request, runtime)
+    finally:
+        timings.mark("decode", decoding)
     timings.dry_run = decoded.fields.get("dry_run") is True
-    job = prepare(operation, decoded, runtime)
+    planning = time.perf_counter_ns()
+    try:
+        job = prepare(operation, decoded, runtime)
+    finally:
+        timings.mark("plan", planning)
     timings.compute_input = time.perf_counter_ns() - decoding
     if isinstance(job, Job):
         job.timings = timings
@@ -283,6 +300,15 @@ def finish(job: Job[R]) -> R:
     if timings is not None:
         timings.compute_infer, timings.compute_output = encoding - computing, time.perf_counter_ns() - encoding
         timings.computed = True
+        if timings.marks is not None:
+            timings.marks += [("compute", computing, encoding), ("encode", encoding, time.perf_counter_ns())]
+            timings.details = {
+                "pool.op": job.operation.name,
+                "pool.dtype": job.tensors["input"].dtype,
+                "pool.input.shape": list(job.tensors["input"].array.shape),
+                "pool.output.shape": list(out.shape),
+                "pool.device": job.executor.device_name,
+            }
     return answer
 
 

@@ -27,25 +27,39 @@ class Timings:
         "compute_input",
         "compute_output",
         "computed",
+        "details",
         "dry_run",
+        "marks",
         "queue",
         "queued_at",
         "waited",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, traced: bool = False) -> None:
         self.queue = self.compute_input = self.compute_infer = self.compute_output = 0
         self.queued_at: int | None = None  # perf_counter_ns() when it was handed to the pool
         self.waited = False  # it ran in the pool, after `queue` ns in its queue
+        # For a traced request: each phase as (name, start, end) in perf_counter_ns, and what
+        # was computed on what (`app.tracing` makes them spans and attributes).
+        self.marks: list[tuple[str, int, int]] | None = [] if traced else None
+        self.details: dict[str, Any] | None = None
         self.computed = False  # a computation ran to its end
         self.dry_run = False  # a dry run, even a refused one, is no inference
 
     def started(self) -> None:
         """In the pool thread, as the work begins: the time it waited (counted once)."""
         if self.queued_at is not None:
-            self.queue = time.perf_counter_ns() - self.queued_at
+            now = time.perf_counter_ns()
+            self.queue = now - self.queued_at
+            if self.marks is not None:
+                self.marks.append(("wait for a compute slot", self.queued_at, now))
             self.queued_at = None
             self.waited = True
+
+    def mark(self, phase: str, started: int) -> None:
+        """For a traced request: `phase`, begun at `started` (perf_counter_ns), ends now."""
+        if self.marks is not None:
+            self.marks.append((phase, started, time.perf_counter_ns()))
 
 
 class _Model:

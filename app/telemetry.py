@@ -150,8 +150,9 @@ class AccessLog:
         bytes_in: int,
         bytes_out: int,
         client: tuple[str, int] | None,
+        trace_id: str | None = None,
     ) -> None:
-        """One request's line."""
+        """One request's line (with its trace's id, when traced)."""
         if not self.enabled:
             return
         entry = {
@@ -168,6 +169,8 @@ class AccessLog:
             "bytes_out": bytes_out,
             "client": f"{client[0]}:{client[1]}" if client else None,
         }
+        if trace_id is not None:
+            entry["trace_id"] = trace_id
         self._lines.append(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))  # list.append is atomic
         if self._writer is None:
             self._start()
