@@ -15,6 +15,7 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
   memory growth while serving W3.
 - W4 classifier head: global-avg2d on 32x512x7x7 float32 as npy_base64,
   against its in-process floor.
+- W1 traced: the service with OpenTelemetry on, exporting OTLP to a local sink.
 - The protocol over gRPC: W1 from a grpc.aio client with 32 calls in flight, and
   W3 as raw contents, against the same W3 as a raw .npy over REST and the floor.
 
@@ -83,11 +84,14 @@ def wait_ready(url: str, deadline: float = 60, process: subprocess.Popen[bytes] 
 
 
 @contextmanager
-def server(app: str, threads: int, root: Path = ROOT, grpc_port: int = 0) -> Iterator[tuple[int, int]]:
+def server(
+    app: str, threads: int, root: Path = ROOT, grpc_port: int = 0, environment: dict[str, str] | None = None
+) -> Iterator[tuple[int, int]]:
     """(port, pid) of a uvicorn process serving `app` from the checkout at `root` (the
-    service's gRPC server on `grpc_port`, if any)."""
+    service's gRPC server on `grpc_port`, if any), with these variables besides."""
     port = free_port()
     env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads), "POOL_GRPC_PORT": str(grpc_port)}
+    env.update(environment or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -108,6 +112,32 @@ def server(app: str, threads: int, root: Path = ROOT, grpc_port: int = 0) -> Ite
         process.wait(timeout=30)
         log.close()
         os.unlink(log.name)
+
+
+@contextmanager
+def otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP endpoint on a loopback port that takes every export and keeps nothing:
+    where a traced service sends its spans, to measure what tracing costs it."""
+    import http.server
+    import threading
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=sink.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sink.server_address[1]}"
+    finally:
+        sink.shutdown()
 
 
 def post(connection: http.client.HTTPConnection, path: str, body: bytes, content_type: str, accept: str) -> bytes:
@@ -311,17 +341,19 @@ def main() -> None:
         # Rounds alternate between the servers, so a slow spell of a shared machine
         # falls on all of them; the medians of the rounds are compared.
         with (
+            otlp_sink() as sink,
             server("benchmarks.baseline_app:app", args.threads) as (base_port, _),
             server("app.main:app", args.threads) as (port, _),
             server("benchmarks.baseline_app:minimal", args.threads) as (minimal_port, _),
+            server("app.main:app", args.threads, environment={"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as (traced, _),
         ):
-            ports = (base_port, port, minimal_port)
+            ports = (base_port, port, minimal_port, traced)
             for each in ports:
                 wrk(each, tiny, 2)
             rounds = [[wrk(each, tiny, args.seconds) for each in ports] for _ in range(args.rounds)]
-        base, ours, minimal = (
+        base, ours, minimal, with_traces = (
             {key: statistics.median(r[column][key] for r in rounds) for key in ("rps", "p50", "p99")}
-            for column in range(3)
+            for column in range(4)
         )
         print(
             f"{'W1 tiny max2d, 32 clients: requests/s':<44} {ours['rps']:10.0f} {'':<5} {base['rps']:10.0f} "
@@ -334,6 +366,10 @@ def main() -> None:
         print(
             f"{'   reference: FastAPI + max_pool2d, no checks':<44} {minimal['rps']:10.0f} {'':<5} "
             f"{base['rps']:10.0f} {'':<5} {minimal['rps'] / base['rps']:6.2f}x"
+        )
+        print(
+            f"{'   traced (OTLP to a local sink), over untraced':<44} {with_traces['rps']:10.0f} {'':<5} "
+            f"{ours['rps']:10.0f} {'':<5} {with_traces['rps'] / ours['rps']:6.2f}x"
         )
     else:
         print("W1 skipped: wrk is not installed (apt-get install wrk)")
