@@ -4,10 +4,12 @@ its connections held within limits (`app.connections`), and the gRPC server on
 POOL_GRPC_PORT (started by the app's lifespan).
 
 On SIGTERM (an orchestrator stopping a replica) a single worker drains first: /readyz
-(and the protocol's readiness over REST and gRPC) turns unready at once while requests
-are still served for `drain_s`, so a load balancer notices and stops sending; then both
-servers stop accepting and let in-flight requests finish for up to `shutdown_grace_s`,
-and it exits.
+(and the protocol's readiness over REST and gRPC) turns unready within a tick while
+requests are still served for `drain_s`, so a load balancer notices and stops sending;
+then both servers stop accepting and let in-flight requests finish for up to
+`shutdown_grace_s`, and it exits. With several workers (uvicorn's supervisor runs them)
+there is no drain, and each worker's gRPC server stops after its HTTP requests have
+finished, so a stop may take twice the grace: scale replicas rather than workers.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class DrainingServer(uvicorn.Server):
         self._exit_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: the drain itself starts on the event loop, at the next tick.
         if sig == signal.SIGTERM and self._exit_at is None and self._drain_s > 0:
-            self._lifecycle.drain()
             self._exit_at = time.monotonic() + self._drain_s
             return
         super().handle_exit(sig, frame)
@@ -45,6 +47,8 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None:
+            self._lifecycle.drain()  # once: later calls do nothing
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self._exit_at = float("inf")
             super().handle_exit(signal.SIGTERM, None)

@@ -62,9 +62,8 @@ class PoolEndpoint:
             if version not in (None, VERSION):
                 raise NotFound(f"model {op} has no version {shown(version)}; its one version is {VERSION}")
             request = incoming(scope, receive)
-            timings = Timings(traced=self.runtime.tracer is not None)
-            if timings.marks is not None:
-                scope.setdefault("state", {})["timings"] = timings  # for the gate's trace
+            # A traced request's timings come from the gate, which makes them spans afterwards.
+            timings = (scope.get("state") or {}).get("timings") or Timings()
             answer = await run_operation(operation, request, self.runtime, DECODERS[door], timings)
             coding = answer_coding(request.headers.get("accept-encoding"))
             if coding is not None and len(answer.body) >= SMALLEST and answer.media_type in COMPRESSED:

@@ -9,47 +9,20 @@ wrong with it; keys are compared in constant time and never logged.
 
 from __future__ import annotations
 
-import hmac
-import itertools
-import os
-import re
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 from opentelemetry.trace import Span, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.identity import key_matches, presented_key, request_id_from
 from app.paths import compute_template, metered_op, needs_key
 from app.responses import problem_response
+from app.statistics import Timings
 from app.telemetry import PROTOCOLS, AccessLog, Metrics
 from app.tracing import end_server_span, server_span, trace_id
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
-
-
-def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The key in `Authorization: Bearer <key>` or `X-API-Key: <key>` (HTTP headers or gRPC
-    metadata, names in lower case)."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-        elif name == b"x-api-key" and value:
-            return value
-    return None
-
-
-def key_matches(keys: list[bytes], given: bytes | None) -> bool:
-    """Whether `given` is one of `keys`: every key is compared, each in constant time, so
-    timing tells nothing."""
-    if given is None:
-        return False
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(key, given)
-    return matched
 
 
 class Gate:
@@ -83,6 +56,8 @@ class Gate:
             }
             attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
             span = server_span(self._tracer, scope["method"], carrier, attributes)
+            if span.is_recording():  # sampled: the pooling endpoint times its phases for it
+                scope.setdefault("state", {})["timings"] = Timings(traced=True)
         # Traced, a request's id is its trace's unless the client sent one: logs and traces join.
         rid = request_id_from(_header(scope, b"x-request-id"), trace_id(span) if span is not None else None)
         scope.setdefault("state", {})["request_id"] = rid
@@ -157,20 +132,3 @@ def _header(scope: Scope, wanted: bytes) -> bytes | None:
         if name == wanted:
             return value
     return None
-
-
-# New ids: a random prefix per process and a counter, 32 hex digits in all, unique
-# across workers and restarts; reading the system's random source for each request
-# would cost more than pooling a small tensor.
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
-
-
-def request_id_from(given: bytes | None, fallback: str | None = None) -> str:
-    """The client's X-Request-ID (header or metadata) when it is a sane token, else
-    `fallback` (a trace id) or a new one."""
-    if given is not None:
-        text = given.decode("latin-1")
-        if _REQUEST_ID.fullmatch(text):
-            return text
-    return fallback or f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"

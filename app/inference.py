@@ -1,4 +1,5 @@
-"""The Open Inference Protocol (KServe v2) over REST, beside the native API.
+"""The Open Inference Protocol (KServe v2) over REST, beside the native API (what it shares
+with gRPC is in `app.protocol`).
 
 Every catalogue op is a model named as the op. `POST /v2/models/{op}/infer`
 takes the tensor `input` (and `indices` for max-unpool) as JSON or through
@@ -13,7 +14,7 @@ and routes the protocol's metadata.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,32 +23,32 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from app import __version__, codecs, jsonparse
+from app import codecs, jsonparse
 from app import protocol_models as models
-from app.dtypes import BY_PROTOCOL, TABLE
-from app.errors import InvalidParameters, Loc, NotFound, UndecodableBody, shown
+from app.dtypes import TABLE
+from app.errors import Loc, UndecodableBody
 from app.negotiation import JSON, OCTET_STREAM, PROBLEM_JSON
 from app.operations import Operation
 from app.paths import VERSION
 from app.pipeline import Decoded, Job, Runtime
+from app.protocol import (
+    binary_array,
+    binary_bytes,
+    find_model,
+    input_header,
+    model_config,
+    model_metadata,
+    protocol_error,
+    repository_index,
+    request_fields,
+    server_metadata,
+    statistics_of,
+    tensors_of,
+)
 from app.requests import Incoming
 from app.responses import Answer
 
 REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
-# The protocol's own, not pooling parameters: Triton's binary_data_output, and its priority and
-# timeout (microseconds). Every request has one priority here (one queue, first come first
-# served); a timeout bounds the request as POOL_REQUEST_TIMEOUT_S does, where it is shorter
-# (work small enough to run on the event loop takes microseconds and is not timed).
-PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout"}
-# Triton's extensions this server has (it loads no models, shares no memory, traces nothing).
-EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
-LARGEST_UINT64 = 2**64 - 1  # the proto's type for both
-NOT_PARAMETERS = {"input", "indices", "dry_run", "input_shape", "output_encoding"}
-
-
-def protocol_error(where: Loc, msg: str) -> UndecodableBody:
-    """The protocol answers a malformed request with a 400 that names the place."""
-    return UndecodableBody(f"{'.'.join(str(part)[:64] for part in where)}: {msg}")
 
 
 def _header(raw: bytearray, request: Incoming) -> tuple[dict[str, Any], memoryview]:
@@ -73,28 +74,6 @@ def _header(raw: bytearray, request: Incoming) -> tuple[dict[str, Any], memoryvi
     return document, view[length:]
 
 
-def input_header(
-    operation: Operation, where: Loc, name: Any, shape: Any, datatype: Any, runtime: Runtime
-) -> tuple[str, list[int]]:
-    """An input's name, shape and datatype checked (as the protocol's REST and gRPC forms
-    carry them, before any data is read): its dtype and shape."""
-    names = ("input", *operation.family.extra_tensors)
-    if name not in names:
-        raise protocol_error(
-            (*where, "name"), f"{operation.name} takes the inputs {', '.join(names)}, not {shown(name)}"
-        )
-    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        raise protocol_error((*where, "shape"), "shape is a list of non-negative integers")
-    if datatype not in BY_PROTOCOL:
-        raise InvalidParameters.at(
-            (*where, "datatype"), f"datatype {shown(datatype)} is not one of {', '.join(BY_PROTOCOL)}", "dtype"
-        )
-    if name != "input" and BY_PROTOCOL[datatype].kind != "int":
-        raise InvalidParameters.at((*where, "datatype"), f"{name} holds integer positions, not {datatype}", "dtype")
-    codecs.check_size(shape, runtime.limits, where)
-    return BY_PROTOCOL[datatype].name, shape
-
-
 def _tensor(
     entry: Any, index: int, operation: Operation, binary: memoryview, offset: int, runtime: Runtime
 ) -> tuple[str, codecs.Tensor, int]:
@@ -105,7 +84,7 @@ def _tensor(
     dtype, shape = input_header(operation, where, name, entry.get("shape"), entry.get("datatype"), runtime)
     size = _parameters(entry, where).get("binary_data_size")
     if size is not None:
-        array = binary_array(binary, offset, size, shape, dtype, where)
+        array = binary_array(binary, offset, size, shape, dtype, (*where, "parameters", "binary_data_size"))
         offset += size
     elif "data" in entry:
         decoded = codecs.decode_json_tensor(
@@ -145,26 +124,6 @@ def _flag(parameters: dict[str, Any], name: str, where: Loc, default: bool = Fal
     return value
 
 
-def binary_array(buffer: memoryview, offset: int, size: Any, shape: list[int], dtype: str, where: Loc) -> np.ndarray:
-    """A tensor's little-endian bytes, `size` of them from `offset`, as an array of its shape."""
-    if type(size) is not int or size < 0 or offset + size > len(buffer):
-        raise protocol_error((*where, "parameters", "binary_data_size"), "runs past the end of the body")
-    item = TABLE[dtype].wire_bytes
-    if size != math.prod(shape) * item:
-        raise protocol_error(
-            (*where, "parameters", "binary_data_size"),
-            f"is {size} bytes; shape {shape} of {dtype} is {math.prod(shape) * item}",
-        )
-    data = buffer[offset : offset + size]
-    if dtype == "bfloat16":
-        # bfloat16 is the upper half of a float32: widening is exact.
-        bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
-        return bits.view(np.float32).reshape(shape)
-    return (
-        np.frombuffer(bytearray(data), dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype, copy=False)
-    )
-
-
 def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime: Runtime) -> Decoded[Answer]:
     document, binary = _header(raw, request)
     parameters = document.get("parameters") or {}
@@ -193,55 +152,6 @@ def decode_oip(operation: Operation, raw: bytearray, request: Incoming, runtime:
         origins=origins,
         timeout_s=timeout_s,
     )
-
-
-def request_fields(operation: Operation, parameters: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
-    """The pooling fields among a request's `parameters`, and its own `timeout` in seconds
-    (None: none; Triton reads 0 as none too)."""
-    known = set(operation.params.model_fields) - NOT_PARAMETERS
-    for key in parameters:
-        if key not in known and key not in PROTOCOL_PARAMETERS:
-            raise protocol_error(
-                ("parameters", key),
-                f"{operation.name} takes no parameter {shown(key)}; it takes {', '.join(sorted(known))}",
-            )
-    for name in ("priority", "timeout"):
-        value = parameters.get(name)
-        if value is not None and (type(value) is not int or not 0 <= value <= LARGEST_UINT64):
-            raise protocol_error(("parameters", name), "is a non-negative integer")
-    timeout_us = parameters.get("timeout") or 0
-    fields = {key: value for key, value in parameters.items() if key not in PROTOCOL_PARAMETERS}
-    return fields, timeout_us / 1e6 if timeout_us else None
-
-
-def tensors_of(
-    operation: Operation,
-    given: list[tuple[str, codecs.Tensor]],
-    fields: dict[str, Any],
-    wanted: Collection[str] | None,
-) -> tuple[dict[str, codecs.Tensor], dict[str | int, Loc]]:
-    """A request's input tensors by name, and where each arrived, from its `inputs` in
-    order (names already checked); `fields` gains what the tensors settle: the dtype, and
-    `return_indices` when the indices are among the outputs `wanted` (None: the defaults)."""
-    tensors: dict[str, codecs.Tensor] = {}
-    origins: dict[str | int, Loc] = {}
-    for index, (name, tensor) in enumerate(given):
-        if name in tensors:
-            raise protocol_error(("inputs", index, "name"), f"{name} is given twice")
-        tensors[name] = tensor if name == "input" else codecs.Tensor(tensor.array.astype(np.int64), "int64", "json")
-        origins[name] = ("inputs", index)
-    if "input" in tensors:
-        if fields.get("dtype", tensors["input"].dtype) != tensors["input"].dtype:
-            message = f"the input is {tensors['input'].dtype} but dtype says {shown(fields['dtype'])}"
-            raise InvalidParameters.at(("parameters", "dtype"), message, "dtype_conflict")
-        fields["dtype"] = tensors["input"].dtype
-    for name in ("input", *operation.family.extra_tensors):
-        origins.setdefault(name, ("inputs",))  # where a missing one belongs
-    for name in tensors:
-        fields[name] = None  # decoded here; the parameter model checks the rest
-    if wanted is not None and "indices" in wanted and operation.family.has_indices:
-        fields["return_indices"] = True
-    return tensors, origins
 
 
 def _requested_outputs(outputs: Any, operation: Operation, binary_default: bool) -> dict[str, bool] | None:
@@ -295,70 +205,12 @@ def _answer_encoder(request_id: Any, wanted: dict[str, bool] | None) -> Any:
     return encode
 
 
-def binary_bytes(array: np.ndarray, dtype: str) -> bytes:
-    if dtype == "bfloat16":  # carried as float32 whose low half is zero
-        return (np.ascontiguousarray(array, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
-    return np.ascontiguousarray(array).astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes()
-
-
-def server_metadata() -> dict[str, Any]:
-    return {"name": "pooling-service", "version": __version__, "extensions": EXTENSIONS}
-
-
-def model_metadata(operation: Operation) -> dict[str, Any]:
-    dims = [-1] * (operation.rank + 2)
-    datatypes = [TABLE[d].protocol for d in operation.family.dtypes]
-    inputs = [{"name": "input", "datatype": "FP32", "shape": dims, "parameters": {"datatypes": datatypes}}]
-    if operation.family.extra_tensors:
-        inputs.append({"name": "indices", "datatype": "INT64", "shape": dims})
-    outputs = [{"name": "output", "datatype": "FP32", "shape": dims, "parameters": {"datatypes": datatypes}}]
-    if operation.family.has_indices:
-        outputs.append({"name": "indices", "datatype": "INT64", "shape": dims})
-    return {"name": operation.name, "versions": [VERSION], "platform": "pytorch", "inputs": inputs, "outputs": outputs}
-
-
-def model_config(operation: Operation) -> dict[str, Any]:
-    """The model's configuration as Triton describes one: its inputs and outputs, and each
-    pooling parameter (required or its default, and its JSON schema) in `parameters`."""
-
-    def tensor(name: str, datatype: str) -> dict[str, Any]:
-        return {"name": name, "data_type": f"TYPE_{datatype}", "dims": [-1] * (operation.rank + 2)}
-
-    inputs = [tensor("input", "FP32")] + [tensor(name, "INT64") for name in operation.family.extra_tensors]
-    outputs = [tensor("output", "FP32")] + ([tensor("indices", "INT64")] if operation.family.has_indices else [])
-    schema = operation.params.model_json_schema()
-    required = set(schema.get("required", []))
-    parameters = {
-        name: {"string_value": orjson.dumps({"required": name in required, **spec}).decode()}
-        for name, spec in schema["properties"].items()
-        if name not in NOT_PARAMETERS and name != "indices"
-    }
-    return {
-        "name": operation.name,
-        "platform": "pytorch",
-        "backend": "pooling",
-        "version_policy": {"specific": {"versions": [VERSION]}},
-        "max_batch_size": 0,
-        "input": inputs,
-        "output": outputs,
-        "parameters": parameters,
-    }
-
-
 def inference_router(runtime: Runtime) -> APIRouter:
     """The protocol's server and model metadata, configuration and repository index; its
     `infer` is the pooling endpoint's. Every model route is also served under
     `/versions/1`, the one version each model has."""
     router = APIRouter(prefix="/v2", tags=["open inference protocol"])
     operations = runtime.operations
-
-    def operation_of(op: str, version: str | None = None) -> Operation:
-        operation = operations.get(op)
-        if operation is None:
-            raise NotFound(f"no model {shown(op)}; GET /pool lists the operations, each a model")
-        if version is not None and version != VERSION:
-            raise NotFound(f"model {op} has no version {shown(version)}; its one version is {VERSION}")
-        return operation
 
     @router.get("", summary="Server metadata", operation_id="v2-server")
     async def server() -> dict[str, Any]:
@@ -384,7 +236,7 @@ def inference_router(runtime: Runtime) -> APIRouter:
     )
     async def every_models_statistics() -> dict[str, Any]:
         # Before /models/{op}: `stats` is no model's name.
-        return {"model_stats": [runtime.statistics.report(name, VERSION) for name in operations]}
+        return statistics_of(runtime, operations)
 
     def model_route(
         path: str, summary: str, name: str, model: type[BaseModel], answer: Callable[[Operation], Any]
@@ -392,10 +244,10 @@ def inference_router(runtime: Runtime) -> APIRouter:
         """A model route at `/models/{op}{path}` and at `/models/{op}/versions/{version}{path}`."""
 
         async def plain(op: str) -> Any:
-            return answer(operation_of(op))
+            return answer(find_model(operations, op))
 
         async def versioned(op: str, version: str) -> Any:
-            return answer(operation_of(op, version))
+            return answer(find_model(operations, op, version))
 
         for route, endpoint, suffix in (("", plain, ""), ("/versions/{version}", versioned, "-versioned")):
             router.add_api_route(
@@ -422,7 +274,7 @@ def inference_router(runtime: Runtime) -> APIRouter:
         "Model statistics",
         "model-stats",
         models.Statistics,
-        lambda operation: {"model_stats": [runtime.statistics.report(operation.name, VERSION)]},
+        lambda operation: statistics_of(runtime, [operation.name]),
     )
 
     @router.post(
@@ -431,8 +283,7 @@ def inference_router(runtime: Runtime) -> APIRouter:
         operation_id="v2-repository-index",
         response_model=list[models.RepositoryModel],
     )
-    async def repository_index() -> list[dict[str, str]]:
-        # Every op is a model, always loaded: the repository cannot load or unload.
-        return [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in operations]
+    async def index() -> list[dict[str, str]]:
+        return repository_index(operations)
 
     return router

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 import numpy as np
@@ -33,28 +34,31 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health
-from starlette.types import Message as AsgiMessage
 from tritonclient.grpc import service_pb2 as pb
 
 from app.codecs import Tensor
 from app.dtypes import TABLE
-from app.errors import InvalidParameters, Loc, NotFound, ProblemError, UndecodableBody, shown
-from app.gate import key_matches, presented_key, request_id_from
-from app.inference import (
+from app.errors import BodyTooSlow, InvalidParameters, Loc, NotFound, ProblemError, TooLarge, UndecodableBody
+from app.identity import key_matches, presented_key, request_id_from
+from app.lifecycle import Event
+from app.negotiation import OCTET_STREAM
+from app.operations import Operation
+from app.paths import VERSION
+from app.pipeline import Decoded, Encoder, Job, Runtime, run_body
+from app.protocol import (
     binary_array,
     binary_bytes,
+    find_model,
     input_header,
     model_config,
     model_metadata,
     protocol_error,
+    repository_index,
     request_fields,
     server_metadata,
+    statistics_of,
     tensors_of,
 )
-from app.negotiation import OCTET_STREAM
-from app.operations import Operation
-from app.paths import VERSION
-from app.pipeline import Decoded, Job, Runtime, run_body
 from app.requests import Incoming
 from app.settings import Settings
 from app.statistics import Timings
@@ -71,16 +75,19 @@ CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
+    406: grpc.StatusCode.INVALID_ARGUMENT,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
+    500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-# A connection's calls may run this long; then it is asked to reconnect, and its calls get the
-# body's time limit to finish: a call that holds a connection forever (a message that trickles
-# in, a health Watch) cannot hold it, or its place among grpc_max_calls, for longer.
-CONNECTION_AGE_S = 600
+# A connection is asked to reconnect after this long, its calls then given the body's (or a
+# computation's) time limit to finish: grpc reads a message whole before the service sees it,
+# so a message that trickles in holds its place among grpc_max_calls for this long at most.
+CONNECTION_AGE_S = 120
 
 
 class GrpcServer:
@@ -91,13 +98,13 @@ class GrpcServer:
         self.settings = settings
         self.port: int | None = None  # bound, once started
         self._server: grpc.aio.Server | None = None
-        self._health = health.HealthServicer()
+        self._health = _Health()
         self._stopping: asyncio.Task[None] | None = None
-        self._unready: asyncio.Future[None] | None = None
-        runtime.lifecycle.watch(self._heard)
+        self._unready: asyncio.Future[None] | None = None  # held only so the task is not collected
 
     async def start(self) -> None:
         settings = self.settings
+        computing = settings.request_timeout_s or 0
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
@@ -105,19 +112,23 @@ class GrpcServer:
                 ("grpc.max_metadata_size", settings.max_header_bytes),
                 ("grpc.max_connection_idle_ms", int(settings.grpc_idle_s * 1000)),
                 ("grpc.max_connection_age_ms", CONNECTION_AGE_S * 1000),
-                ("grpc.max_connection_age_grace_ms", int(settings.body_timeout_s * 1000)),
-                # Several worker processes share the port; a lone one owns it.
+                ("grpc.max_connection_age_grace_ms", int(1000 * max(settings.body_timeout_s, computing))),
+                # `python -m app`'s worker processes share the port; a lone one owns it.
                 ("grpc.so_reuseport", int(settings.workers > 1)),
             ],
             maximum_concurrent_rpcs=settings.grpc_max_calls,
         )
-        server.add_generic_rpc_handlers((_Calls(self.runtime, settings.api_keys).handlers(),))
+        calls = _Calls(self.runtime, settings.api_keys, settings.body_timeout_s)
+        server.add_generic_rpc_handlers((calls.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         self.port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
         await server.start()
         self._server = server
-        await self._serving(health_pb2.HealthCheckResponse.SERVING)
+        draining = self.runtime.lifecycle.draining
+        await self._serving(
+            health_pb2.HealthCheckResponse.NOT_SERVING if draining else health_pb2.HealthCheckResponse.SERVING
+        )
         log.info("gRPC server listening on %s:%d", settings.host, self.port)
 
     def stop(self) -> asyncio.Task[None]:
@@ -132,7 +143,8 @@ class GrpcServer:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s)
 
-    def _heard(self, event: str) -> None:
+    def heard(self, event: Event) -> None:
+        """What the lifecycle says (`Lifecycle.watch`)."""
         if self._server is None:
             return
         if event == "draining":  # unready, as /readyz, while calls are still served
@@ -150,9 +162,9 @@ class _Call:
 
     __slots__ = ("bytes_in", "bytes_out", "op", "status", "timings")
 
-    def __init__(self, traced: bool) -> None:
+    def __init__(self, traced: bool, op: str | None) -> None:
         self.status = 200
-        self.op: str | None = None  # metered when it computes
+        self.op = op  # metered when it computes: `unknown` until its model is known
         self.bytes_in = self.bytes_out = 0
         self.timings = Timings(traced)  # the phases of an inference
 
@@ -163,24 +175,23 @@ Handler = Callable[[Any, grpc.aio.ServicerContext, _Call], Awaitable[Any]]
 class _Calls:
     """The service's calls, each behind `handle`."""
 
-    def __init__(self, runtime: Runtime, keys: list[str]) -> None:
+    def __init__(self, runtime: Runtime, keys: list[str], message_timeout_s: float) -> None:
         self.runtime = runtime
         self._keys = [key.encode() for key in keys]
+        self._message_timeout_s = message_timeout_s
 
     def handlers(self) -> grpc.GenericRpcHandler:
         def unary(
             name: str, handler: Handler, request: type[Message] | None, keyed: bool = False
         ) -> grpc.RpcMethodHandler:
-            async def handle(message: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await self.handle(name, handler, message, context, keyed)
+            async def handle(messages: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self.handle(name, handler, request, context, keyed)
 
-            # ModelInfer takes its message as bytes and answers bytes: the pipeline decodes and
-            # encodes them, where the work belongs.
-            return grpc.unary_unary_rpc_method_handler(
-                handle,
-                request_deserializer=request.FromString if request is not None else None,
-                response_serializer=(lambda answer: answer.SerializeToString()) if request is not None else None,
-            )
+            # Every call is taken from its first bytes (as a stream, which grpc hands over at once),
+            # so that its message can be given a time to arrive, and parsed here, where a malformed
+            # one is an INVALID_ARGUMENT. ModelInfer's message goes to the pipeline as bytes, and
+            # its answer comes back as bytes: they are decoded and encoded where the work belongs.
+            return grpc.stream_unary_rpc_method_handler(handle, response_serializer=_serialized)
 
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -192,17 +203,23 @@ class _Calls:
                 "ModelMetadata": unary("ModelMetadata", self.model_metadata, pb.ModelMetadataRequest),
                 "ModelConfig": unary("ModelConfig", self.model_config, pb.ModelConfigRequest),
                 "ModelStatistics": unary("ModelStatistics", self.statistics, pb.ModelStatisticsRequest, keyed=True),
-                "RepositoryIndex": unary("RepositoryIndex", self.repository_index, pb.RepositoryIndexRequest),
+                "RepositoryIndex": unary("RepositoryIndex", self.index, pb.RepositoryIndexRequest),
                 "ModelInfer": unary("ModelInfer", self.infer, None, keyed=True),
             },
         )
 
     async def handle(
-        self, name: str, handler: Handler, message: Any, context: grpc.aio.ServicerContext, keyed: bool
+        self,
+        name: str,
+        handler: Handler,
+        request: type[Message] | None,
+        context: grpc.aio.ServicerContext,
+        keyed: bool,
     ) -> Any:
         started = time.perf_counter()
+        peer = _peer(context.peer())  # read now: it is gone once the call is
         metadata = [
-            (key.encode("latin-1"), value.encode("latin-1") if isinstance(value, str) else value)
+            (key.encode(), value.encode() if isinstance(value, str) else value)
             for key, value in context.invocation_metadata() or ()
         ]
         tracer, span = self.runtime.tracer, None
@@ -213,7 +230,7 @@ class _Calls:
         given = next((value for key, value in metadata if key == b"x-request-id"), None)
         rid = request_id_from(given, trace_id(span) if span is not None else None)
         trailing: tuple[tuple[str, str], ...] = (("x-request-id", rid),)
-        call = _Call(span is not None)
+        call = _Call(span is not None and span.is_recording(), "unknown" if name == "ModelInfer" else None)
         try:
             if keyed and self._keys and not key_matches(self._keys, presented_key(metadata)):
                 call.status = 401
@@ -222,7 +239,9 @@ class _Calls:
                     "this call needs an API key: send metadata authorization: Bearer <key> or x-api-key: <key>",
                     trailing,
                 )
-            answer = await handler(message, context, call)
+            raw = await self._message(context)
+            call.bytes_in = len(raw)
+            answer = await handler(raw if request is None else _parsed(request, raw), context, call)
             context.set_trailing_metadata(trailing)
             return answer
         except ProblemError as problem:
@@ -258,17 +277,23 @@ class _Calls:
                 seconds,
                 call.bytes_in,
                 call.bytes_out,
-                _peer(context.peer()),
+                peer,
                 trace_id(span) if span is not None else None,
             )
 
+    async def _message(self, context: grpc.aio.ServicerContext) -> bytes:
+        """The call's one message, which must arrive whole within the body's time limit: grpc
+        sets no bound on a message that trickles in, holding its place among the calls."""
+        try:
+            message = await asyncio.wait_for(context.read(), self._message_timeout_s)
+        except TimeoutError:
+            raise BodyTooSlow(f"the message did not arrive within {self._message_timeout_s:g} s") from None
+        if not isinstance(message, bytes):  # the stream ended with no message
+            raise UndecodableBody("the call carried no message")
+        return message
+
     def _operation(self, name: str, version: str) -> Operation:
-        operation = self.runtime.operations.get(name)
-        if operation is None:
-            raise NotFound(f"no model {shown(name)}; RepositoryIndex lists the models")
-        if version not in ("", VERSION):
-            raise NotFound(f"model {name} has no version {shown(version)}; its one version is {VERSION}")
-        return operation
+        return find_model(self.runtime.operations, name, version)
 
     async def live(self, request: pb.ServerLiveRequest, context: Any, call: _Call) -> Message:
         return pb.ServerLiveResponse(live=True)
@@ -294,30 +319,41 @@ class _Calls:
 
     async def statistics(self, request: pb.ModelStatisticsRequest, context: Any, call: _Call) -> Message:
         names = [self._operation(request.name, request.version).name] if request.name else self.runtime.operations
-        report = [self.runtime.statistics.report(name, VERSION) for name in names]
-        return json_format.ParseDict({"model_stats": report}, pb.ModelStatisticsResponse())
+        return json_format.ParseDict(statistics_of(self.runtime, names), pb.ModelStatisticsResponse())
 
-    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any, call: _Call) -> Message:
-        # Every op is a model, always loaded.
-        models = [
-            {"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in self.runtime.operations
-        ]
+    async def index(self, request: pb.RepositoryIndexRequest, context: Any, call: _Call) -> Message:
+        models = repository_index(self.runtime.operations)
         return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse())
 
     async def infer(self, raw: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
-        call.bytes_in = len(raw)
         name, version = model_of(raw)
-        call.op = name if name in self.runtime.operations else "unknown"
         operation = self._operation(name, version)
-        incoming = Incoming({}, None, _until_done(context), context.time_remaining())
+        call.op = operation.name
+        # grpc's own cancellation ends the call (and the computation) when the client goes, so
+        # the pipeline needs no watcher.
+        incoming = Incoming({}, None, None, context.time_remaining())
+        # The message, its parsed copy and each raw tensor as bytes and as an array: as much as
+        # the REST path holds for a body, counted the same way.
+        held = _HELD_COPIES * len(raw)
         bodies = self.runtime.bodies
-        bodies.take(len(raw))
+        bodies.take(held)
         try:
             answer = await run_body(operation, raw, incoming, self.runtime, decode_infer, call.timings)
         finally:
-            bodies.give_back(len(raw))
+            bodies.give_back(held)
         call.bytes_out = len(answer)
         return answer
+
+
+def _parsed(request: type[Message], raw: bytes) -> Message:
+    try:
+        return request.FromString(raw)
+    except DecodeError:
+        raise UndecodableBody(f"the message is not a serialized {request.__name__}") from None
+
+
+def _serialized(answer: Message | bytes) -> bytes:
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
 
 
 def details(problem: ProblemError) -> str:
@@ -333,23 +369,19 @@ def details(problem: ProblemError) -> str:
 
 
 def _peer(peer: str) -> tuple[str, int] | None:
-    """`ipv4:127.0.0.1:5000` → ("127.0.0.1", 5000)."""
-    _, _, address = peer.partition(":")
+    """`ipv4:127.0.0.1:5000` → ("127.0.0.1", 5000); `ipv6:%5B::1%5D:5000` → ("::1", 5000)."""
+    _, _, address = unquote(peer).partition(":")
     host, _, port = address.rpartition(":")
-    return (host, int(port)) if port.isdigit() else None
+    return (host.strip("[]"), int(port)) if port.isdigit() else None
 
 
-def _until_done(context: grpc.aio.ServicerContext) -> Callable[[], Awaitable[AsgiMessage]]:
-    """A `receive` that returns when the call is over (its client gone), as the pipeline's
-    watcher expects of a request whose body is in."""
-    done = asyncio.Event()
-    context.add_done_callback(lambda _: done.set())
+class _Health(health.HealthServicer):
+    """grpc.health.v1 as probes use it: Check. Watch, a stream held open for as long as the
+    client likes, with no key asked, would hold a place among grpc_max_calls: polling Check
+    tells the same."""
 
-    async def receive() -> AsgiMessage:
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    return receive
+    async def Watch(self, request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served here: poll Check")
 
 
 # A ModelInferRequest read from the wire before it is parsed: its model, and a bound on its
@@ -357,6 +389,10 @@ def _until_done(context: grpc.aio.ServicerContext) -> Callable[[], Awaitable[Asg
 # tens of millions of objects; a request has a few inputs, outputs and parameters, and its
 # tensors' data are single fields (packed arrays, or raw bytes).
 MOST_FIELDS = 1024
+LONGEST_NAME = 256  # a model's name or version, in bytes
+MOST_DIMENSIONS = 32  # the most POOL_MAX_NDIM allows
+LONGEST_SHAPE = 10 * MOST_DIMENSIONS  # a packed shape's bytes: ten at most for each dimension
+_HELD_COPIES = 3  # of a message while it is decoded (see `_Calls.infer`)
 # The fields that hold messages, by message: ModelInferRequest's parameters (4, map entries
 # whose value, 2, is an InferParameter), inputs (5) and outputs (6); an input's parameters (4)
 # and contents (5); an output's parameters (2).
@@ -399,9 +435,13 @@ def _walk(data: memoryview, position: int, end: int, kind: str, left: list[int],
             stop = position + length
             if stop > end:
                 raise _not_a_request()
+            if kind == "input" and number == 3 and length > LONGEST_SHAPE:
+                raise TooLarge(f"an input's shape holds more dimensions than any tensor may ({MOST_DIMENSIONS})")
             if number in nested:
                 _walk(data, position, stop, nested[number], left, found)
             elif kind == "request" and number in (1, 2):
+                if length > LONGEST_NAME:
+                    raise NotFound(f"no model has a name or version of {length} bytes")
                 found[number] = bytes(data[position:stop])
             position = stop
         else:  # groups, long gone from protobuf, and no wire type at all
@@ -426,6 +466,7 @@ def _not_a_request() -> UndecodableBody:
     return UndecodableBody("the message is not a serialized ModelInferRequest")
 
 
+_TYPED_SLICE = 1 << 16
 # Typed contents: each datatype's field of InferTensorContents, and the numpy type it holds.
 _CONTENTS = {
     "BOOL": ("bool_contents", np.bool_),
@@ -458,6 +499,13 @@ def decode_infer(operation: Operation, raw: bytes, request: Incoming, runtime: R
         raise protocol_error(
             ("raw_input_contents",), f"holds {len(raws)} tensors for {len(message.inputs)} inputs; send all or none"
         )
+    seen: set[str] = set()
+    for index, entry in enumerate(message.inputs):  # before any data is read: names are cheap
+        if entry.name in seen:
+            raise protocol_error(("inputs", index, "name"), f"{entry.name} is given twice")
+        seen.add(entry.name)
+        if len(entry.shape) > runtime.limits.max_ndim:
+            raise TooLarge(f"inputs.{index} has {len(entry.shape)} dimensions; the limit is {runtime.limits.max_ndim}")
     given: list[tuple[str, Tensor]] = []
     for index, entry in enumerate(message.inputs):
         where: Loc = ("inputs", index)
@@ -465,11 +513,13 @@ def decode_infer(operation: Operation, raw: bytes, request: Incoming, runtime: R
             raise protocol_error((*where, "parameters"), "this server reads no input parameters (no shared memory)")
         dtype, shape = input_header(operation, where, entry.name, list(entry.shape), entry.datatype, runtime)
         if raws:
+            if entry.HasField("contents"):
+                raise protocol_error((*where, "contents"), "the data are in raw_input_contents: send them once")
             content = memoryview(raws[index])
             array = binary_array(content, 0, len(content), shape, dtype, ("raw_input_contents", index))
         else:
             array = _typed(entry, shape, dtype, where)
-        given.append((entry.name, Tensor(array, dtype, "json")))
+        given.append((entry.name, Tensor(array, dtype, "json")))  # "json": as the REST protocol's tensors
     names = ("output", "indices") if operation.family.has_indices else ("output",)
     wanted: list[str] = []
     for index, output in enumerate(message.outputs):
@@ -477,10 +527,18 @@ def decode_infer(operation: Operation, raw: bytes, request: Incoming, runtime: R
             raise protocol_error(
                 ("outputs", index, "name"), f"{operation.name} has the outputs {', '.join(names)}, each once"
             )
+        if output.parameters:  # classification, shared memory: nothing this server does
+            raise protocol_error(("outputs", index, "parameters"), "this server reads no output parameters")
         wanted.append(output.name)
     tensors, origins = tensors_of(operation, given, fields, wanted or None)
     return Decoded(
-        fields, tensors, "parameters", OCTET_STREAM, _encoder(message.id, wanted or None), None, origins, timeout_s
+        fields,
+        tensors,
+        source="parameters",
+        media_type=OCTET_STREAM,
+        encode=_encoder(message.id, wanted or None),
+        origins=origins,
+        timeout_s=timeout_s,
     )
 
 
@@ -503,10 +561,10 @@ def _typed(entry: pb.ModelInferRequest.InferInputTensor, shape: list[int], dtype
     """An input's data from its typed `contents`, exactly or not at all."""
     datatype = TABLE[dtype].protocol
     field, wide = _CONTENTS.get(datatype, (None, None))
-    given = [descriptor.name for descriptor, _ in entry.contents.ListFields()]
+    given = [descriptor.name for descriptor, _ in entry.contents.ListFields()]  # the non-empty ones
     if field is None or wide is None:
         raise protocol_error((*where, "contents"), f"{datatype} has no typed contents: send it in raw_input_contents")
-    if given != [field]:
+    if given not in ([field], [] if math.prod(shape) == 0 else None):
         raise protocol_error(
             (*where, "contents"), f"{datatype} data go in contents.{field} (or raw_input_contents), and only there"
         )
@@ -515,7 +573,10 @@ def _typed(entry: pb.ModelInferRequest.InferInputTensor, shape: list[int], dtype
         raise protocol_error(
             (*where, "contents", field), f"holds {len(values)} values; shape {shape} needs {math.prod(shape)}"
         )
-    array: np.ndarray = np.array(values, dtype=wide)
+    array: np.ndarray = np.empty(len(values), dtype=wide)
+    # A slice at a time, so the conversion lets the event loop's thread in between.
+    for start in range(0, len(values), _TYPED_SLICE):
+        array[start : start + _TYPED_SLICE] = values[start : start + _TYPED_SLICE]
     if array.dtype.kind in "iu" and np.dtype(dtype) != array.dtype and array.size:
         limits = np.iinfo(dtype)
         if array.min() < limits.min or array.max() > limits.max:
@@ -523,7 +584,7 @@ def _typed(entry: pb.ModelInferRequest.InferInputTensor, shape: list[int], dtype
     return array.astype(dtype, copy=False).reshape(shape)
 
 
-def _encoder(request_id: str, wanted: list[str] | None) -> Any:
+def _encoder(request_id: str, wanted: list[str] | None) -> Encoder[bytes]:
     def encode(job: Job[bytes], out: np.ndarray, indices: np.ndarray | None) -> bytes:
         produced: dict[str, tuple[np.ndarray | None, str]] = {
             "output": (out, job.tensors["input"].dtype),

@@ -92,6 +92,7 @@ def create_app(
         lag = asyncio.get_running_loop().create_task(runtime.metrics.watch_loop())
         grpc_server = GrpcServer(runtime, settings) if settings.grpc_port else None
         if grpc_server is not None:
+            runtime.lifecycle.watch(grpc_server.heard)  # unready on a drain; stops when HTTP does
             await grpc_server.start()
             app.state.grpc_port = grpc_server.port
         yield

@@ -188,9 +188,10 @@ async def _answer(
     return await executor.run(finish, job, gone=_watcher(request), timeout=timeout)
 
 
-def _watcher(request: Incoming) -> Callable[[], Awaitable[None]]:
-    """What returns when the client has gone."""
-    return lambda: disconnected(request.receive)
+def _watcher(request: Incoming) -> Callable[[], Awaitable[None]] | None:
+    """What returns when the client has gone, where the request can tell."""
+    receive = request.receive
+    return None if receive is None else lambda: disconnected(receive)
 
 
 def _whole(
@@ -422,7 +423,8 @@ def _plan_key(
         return None
     names = ("input", *operation.family.extra_tensors)
     parameters = orjson.dumps({key: value for key, value in fields.items() if key not in names})
-    if len(parameters) > _MAX_KEY_BYTES:
+    # orjson writes NaN and the infinities as null too: a key with a null is ambiguous, not kept.
+    if len(parameters) > _MAX_KEY_BYTES or b"null" in parameters:
         return None
     shapes = tuple(tensors[name].array.shape for name in names if name in tensors)
     return (operation.name, source, shapes, tensors["input"].dtype, parameters)

@@ -33,7 +33,7 @@ class Incoming:
 
     headers: dict[str, str]
     query: QueryParams | None
-    receive: Receive
+    receive: Receive | None  # None: the body came whole, and the transport ends the call if the client goes
     timeout_s: float | None = None
 
 
@@ -176,12 +176,14 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, keeper: 
     body = budget.buffer(size) if size is not None else bytearray()
     bound = size if size is not None else limit
     received, more = 0, True
+    receive = incoming.receive
+    assert receive is not None, "a body to read comes with its receive"
     reader = asyncio.current_task()
     assert reader is not None
     read = keeper.watch(reader, asyncio.get_running_loop())
     try:
         while more:
-            chunk, more = await _chunk(incoming.receive)
+            chunk, more = await _chunk(receive)
             count = len(chunk)
             if received + count > bound:
                 if size is None:

@@ -105,8 +105,9 @@ def test_kubernetes_deployment_probes_limits_settings_and_grace_agree_with_the_s
     container = pod["containers"][0]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001}
-    # Readiness through grpc.health.v1, which follows /readyz through a drain.
-    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    # Started once grpc.health.v1 answers on the gRPC port; then ready and alive over HTTP.
+    assert container["startupProbe"]["grpc"]["port"] == ports["grpc"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     service = {port["name"]: port for port in manifests["Service"]["spec"]["ports"]}
     assert service["grpc"]["targetPort"] == "grpc" and service["grpc"]["appProtocol"] == "kubernetes.io/h2c"

@@ -8,6 +8,7 @@ import gzip
 import json
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -57,7 +58,7 @@ def served(tmp_path_factory):
 def keyed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("grpc-keyed")
     port = free_port()
-    with serving(folder, grpc_port=str(port), api_keys="k1,k2", grpc_max_calls="2") as url:
+    with serving(folder, grpc_port=str(port), api_keys="k1,k2", grpc_max_calls="2", max_work=str(10**11)) as url:
         yield Served(url, port, folder / "server.log")
 
 
@@ -270,6 +271,18 @@ def test_errors_map_to_status_codes_with_their_place(served):
     assert _error(excinfo)[0] == "StatusCode.INVALID_ARGUMENT" and "JSON" in _error(excinfo)[1]
 
 
+def test_nan_and_infinite_parameters_are_never_mistaken_for_each_other(served):
+    """A plan is kept by its parameters' JSON, where orjson writes NaN and the infinities
+    alike as null: such parameters are planned afresh every time."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    result = served.client.infer("lp2d", [_input(x)], parameters={"norm_type": float("inf"), "kernel_size": 2})
+    np.testing.assert_array_equal(result.as_numpy("output"), F.max_pool2d(torch.from_numpy(x), 2).numpy())
+    for value in (float("nan"), float("-inf")):
+        with pytest.raises(InferenceServerException) as excinfo:
+            served.client.infer("lp2d", [_input(x)], parameters={"norm_type": value, "kernel_size": 2})
+        assert _error(excinfo)[0] == "StatusCode.INVALID_ARGUMENT", value
+
+
 def test_sizes_past_the_limits_are_resource_exhausted(served):
     big = np.zeros((1, 1, 1024, 1280), dtype=np.float32)  # 5 MiB: past the message limit
     with pytest.raises(InferenceServerException) as excinfo:
@@ -374,17 +387,26 @@ def test_keys_are_asked_for_computing_and_usage(keyed):
 
 
 def test_calls_past_the_bound_are_refused_at_once(keyed):
-    health = health_pb2_grpc.HealthStub(keyed.channel)
-    watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]  # each holds its call
-    try:
-        for watch in watches:
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-        with pytest.raises(InferenceServerException) as excinfo:
-            keyed.client.is_server_live()
-        assert _error(excinfo)[0] == "StatusCode.RESOURCE_EXHAUSTED"
-    finally:
-        for watch in watches:
-            watch.cancel()
+    """Two long computations hold the two call places; a third call is refused at once."""
+    inputs, params = _long(60)
+    key = {"x-api-key": "k1"}
+    with ThreadPoolExecutor(2) as pool:
+        held = [
+            pool.submit(keyed.client.infer, "max2d", inputs, parameters=params, headers=key, client_timeout=2)
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                keyed.client.is_server_live()
+            except InferenceServerException as error:
+                assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"
+                break
+            assert time.monotonic() < deadline, "a third call was let in"
+            time.sleep(0.02)
+        for call in held:
+            with pytest.raises(InferenceServerException):
+                call.result()
     deadline = time.monotonic() + 5
     while True:
         try:
@@ -393,6 +415,57 @@ def test_calls_past_the_bound_are_refused_at_once(keyed):
         except InferenceServerException:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_health_is_checked_not_watched(served):
+    health = health_pb2_grpc.HealthStub(served.channel)
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as excinfo:
+        next(health.Watch(health_pb2.HealthCheckRequest()))  # a stream held open with no key asked
+    assert excinfo.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_malformed_messages_to_any_call_are_invalid_arguments(served):
+    for method in ("ModelMetadata", "ModelConfig", "ModelStatistics", "ServerLive"):
+        call = served.channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.RpcError) as excinfo:
+            call(b"\x0a\x05ab")  # a name that runs past the end
+        assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+
+
+def test_a_shape_of_countless_dimensions_is_refused_unread(served):
+    request = pb.ModelInferRequest(model_name="max1d")
+    request.inputs.add(name="input", datatype="FP32", shape=[1] * 100_000)
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as excinfo:
+        served.stub.ModelInfer(request)
+    assert excinfo.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "dimensions" in excinfo.value.details()
+    assert time.perf_counter() - started < 1
+
+
+def test_every_problem_has_a_status_code():
+    from app import errors
+    from app.inference_grpc import CODES
+
+    statuses = {
+        cls.status for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.ProblemError)
+    }
+    assert statuses <= set(CODES), statuses - set(CODES)
+
+
+def test_a_message_that_does_not_arrive_in_time_is_refused():
+    import asyncio
+
+    from app.errors import BodyTooSlow
+    from app.inference_grpc import _Calls
+
+    class Waiting:
+        async def read(self):
+            await asyncio.sleep(60)
+
+    calls = _Calls(runtime=None, keys=[], message_timeout_s=0.1)  # type: ignore[arg-type]
+    with pytest.raises(BodyTooSlow, match=r"did not arrive within 0\.1 s"):
+        asyncio.run(calls._message(Waiting()))
 
 
 def test_calls_are_metered_and_logged(served):

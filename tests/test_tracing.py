@@ -161,3 +161,16 @@ def test_an_unknown_exporter_is_refused_at_start(monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(ValueError, match="otlp, console or none"):
         provider_from_environment()
+
+
+def test_requests_left_out_by_the_sampler_cost_no_phase_spans(make_client):
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client = make_client(app_options={"tracer_provider": provider})
+    response = client.post("/pool/max2d", json={"input": GRID, "kernel_size": 2}, headers={"traceparent": TRACEPARENT})
+    assert response.status_code == 200 and response.json()["output"] == [[[[6.0, 8.0], [9.0, 7.0]]]]
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
