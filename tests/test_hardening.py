@@ -314,4 +314,3 @@ def test_a_bug_outside_the_endpoint_is_logged_as_the_500_it_is(make_client):
     client.access_log.flush()
     lines = [orjson.loads(line) for line in client.access_log.stream.getvalue().splitlines()]
     assert [line["status"] for line in lines if line["path"] == "/openapi.json"] == [500]
-
