@@ -36,13 +36,30 @@ async def minimal_pool(op: str, request: Request) -> Response:
 
 
 async def transport(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-    """HTTP alone: a plain ASGI app that reads the whole body and answers a constant.
-    What a large request costs before any framework or pooling runs."""
+    """HTTP alone, as the service does it: the body read into one buffer of its declared
+    length as it arrives, and an answer of as many bytes as the service's (the request's
+    `x-answer-bytes`). What a large request costs before any framework or pooling runs."""
     if scope["type"] != "http":
         return
-    more = True
+    headers = dict(scope["headers"])
+    body = bytearray(int(headers.get(b"content-length", b"0")))
+    received, more = 0, True
     while more:
         message = await receive()
+        chunk = message.get("body", b"")
+        body[received : received + len(chunk)] = chunk
+        received += len(chunk)
         more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": CONSTANT})
+    answer = _answer(int(headers.get(b"x-answer-bytes", b"0")) or len(CONSTANT))
+    head = [(b"content-type", b"application/octet-stream"), (b"content-length", b"%d" % len(answer))]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    await send({"type": "http.response.body", "body": answer})
+
+
+_ANSWERS: dict[int, bytes] = {}
+
+
+def _answer(size: int) -> bytes:
+    if size not in _ANSWERS:
+        _ANSWERS[size] = b"\0" * size
+    return _ANSWERS[size]

@@ -19,8 +19,12 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
 - The protocol over gRPC: W1 from a grpc.aio client with 32 calls in flight, and
   W3 as raw contents, against the same W3 as a raw .npy over REST and the floor.
 
-W2-W4 run the service, the in-process floor and HTTP alone (a plain ASGI app
-that reads the same body) in turn in every round, and compare the medians.
+W2-W4 run the service, the in-process floor, HTTP alone (a plain ASGI app under
+the same uvicorn that reads the same body into one buffer, as the service does,
+and answers as many bytes) and a raw socket (`benchmarks.raw_transport`: the
+body received straight into a buffer, the same number of bytes sent back) in
+turn in every round, and compare the medians; the physical floor of W3 is the
+raw socket's time plus the in-process floor's.
 
     python benchmarks/serve.py [--threads N] [--repeat 15] [--seconds 5] [--rounds 3]
     python benchmarks/serve.py --against ../old-checkout
@@ -140,8 +144,16 @@ def otlp_sink() -> Iterator[str]:
         sink.shutdown()
 
 
-def post(connection: http.client.HTTPConnection, path: str, body: bytes, content_type: str, accept: str) -> bytes:
-    connection.request("POST", path, body=body, headers={"Content-Type": content_type, "Accept": accept})
+def post(
+    connection: http.client.HTTPConnection,
+    path: str,
+    body: bytes,
+    content_type: str,
+    accept: str,
+    extra: dict[str, str] | None = None,
+) -> bytes:
+    headers = {"Content-Type": content_type, "Accept": accept, **(extra or {})}
+    connection.request("POST", path, body=body, headers=headers)
     response = connection.getresponse()
     data = response.read()
     if response.status != 200:
@@ -239,13 +251,27 @@ def grpc_unary(target: str) -> Callable[[bytes], bytes]:
     return grpc.insecure_channel(target, options=unlimited).unary_unary(INFER)
 
 
-def line(name: str, ours: float, floor: float, unit: str, target: str, transport: float | None = None) -> None:
+def line(
+    name: str,
+    ours: float,
+    floor: float,
+    unit: str,
+    target: str,
+    transport: float | None = None,
+    raw: float | None = None,
+) -> None:
     print(f"{name:<44} {ours:10.2f} {unit:<5} {floor:10.2f} {unit:<5} {ours / floor:6.2f}x  (target {target})")
     if transport is not None:
         rest = ours - transport
         print(
             f"{'   of which HTTP transport alone; the rest':<44} {transport:10.2f} {unit:<5} {rest:10.2f} {unit:<5} "
             f"{rest / floor:6.2f}x of the floor"
+        )
+    if raw is not None:
+        physical = raw + floor
+        print(
+            f"{'   physical floor: raw socket + in process':<44} {raw:10.2f} {unit:<5} {physical:10.2f} {unit:<5} "
+            f"{ours / physical:6.2f}x of it"
         )
 
 
@@ -408,33 +434,38 @@ def main() -> None:
     with (
         server("benchmarks.baseline_app:transport", args.threads) as (transport_port, _),
         server("app.main:app", args.threads, grpc_port=grpc_port) as (port, pid),
+        raw_transport() as raw_port,
         torch.inference_mode(),
     ):
         bare = http.client.HTTPConnection("127.0.0.1", transport_port)
+        raw = http.client.HTTPConnection("127.0.0.1", raw_port)
         connection = http.client.HTTPConnection("127.0.0.1", port)
 
         def measure(floor: Callable[[], object], body: bytes, path: str, content: str, accept: str) -> list[float]:
-            """Medians of the service, its floor and HTTP alone, run in turn in each round."""
+            """Medians of the service, its floor, HTTP alone and a raw socket (each moving the
+            same body in and as many bytes out as the service answers), in turn in each round."""
+            extra = {"x-answer-bytes": str(len(post(connection, path, body, content, accept)))}
             return interleaved(
                 [
                     lambda: post(connection, path, body, content, accept),
                     floor,
-                    lambda: post(bare, "/", body, content, json_type),
+                    lambda: post(bare, "/", body, content, json_type, extra),
+                    lambda: post(raw, "/", body, content, json_type, extra),
                 ],
                 args.repeat,
             )
 
-        ours, floor, transport = measure(floor_w2, medium, "/pool/max2d", json_type, json_type)
+        ours, floor, transport, _ = measure(floor_w2, medium, "/pool/max2d", json_type, json_type)
         line("W2 medium JSON 1x16x128x128, one client", ours, floor, "ms", "<= 1.2x", transport)
         large_path = "/pool/max2d?kernel_size=2&stride=2"
         post(connection, large_path, large_npy, npy_type, npz_type)
         before = memory_kib(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
-        ours, floor, transport = measure(floor_w3_raw, large_npy, large_path, npy_type, npz_type)
+        ours, floor, transport, raw_ms = measure(floor_w3_raw, large_npy, large_path, npy_type, npz_type)
         for _ in range(args.repeat):  # and as many back to back, where the allocator settles
             post(connection, large_path, large_npy, npy_type, npz_type)
         peak = memory_kib(pid, "VmHWM")
-        line("W3 large .npy body -> .npz, one client", ours, floor, "ms", "<= 1.25x", transport)
+        line("W3 large .npy body -> .npz, one client", ours, floor, "ms", "<= 1.25x", transport, raw_ms)
         grpc_w3 = grpc_unary(f"127.0.0.1:{grpc_port}")
         large_message = infer_message("max2d", large_x, kernel_size=2, stride=2)
         grpc_w3(large_message)
@@ -449,7 +480,7 @@ def main() -> None:
         line("W3 over gRPC, raw contents, one client", over_grpc, floor, "ms", "none: see the README")
         print(f"{'   gRPC over REST .npy, same run':<44} {over_grpc / over_rest:10.2f}x")
         w3_b64 = lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2))  # noqa: E731
-        ours, floor, transport = measure(w3_b64, large_b64, "/pool/max2d", json_type, json_type)
+        ours, floor, transport, _ = measure(w3_b64, large_b64, "/pool/max2d", json_type, json_type)
         line("W3 large npy_base64 in JSON", ours, floor, "ms", "<= 1.3x", transport)
         growth = (peak - before) / 1024
         tensor_mb = large_x.nbytes / 2**20
@@ -459,10 +490,30 @@ def main() -> None:
             f"{growth / tensor_mb:6.2f}x  (target <= 3x the tensor)"
         )
         w4 = lambda: floor_base64(head_b64, lambda x: F.adaptive_avg_pool2d(x, 1))  # noqa: E731
-        ours, floor, transport = measure(w4, head_b64, "/pool/global-avg2d", json_type, json_type)
+        ours, floor, transport, _ = measure(w4, head_b64, "/pool/global-avg2d", json_type, json_type)
         line("W4 global-avg2d 32x512x7x7 npy_base64", ours, floor, "ms", "<= 1.5x", transport)
         connection.close()
         bare.close()
+        raw.close()
+
+
+@contextmanager
+def raw_transport() -> Iterator[int]:
+    """The port of `benchmarks.raw_transport`: a plain socket, the physical floor."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_transport", str(port)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as triton_grpc
 
 from app.settings import Settings
 from benchmarks.serve import free_port, wait_ready
@@ -394,10 +395,10 @@ def test_a_build_for_the_wrong_torch_fails_loudly(engine: Engine, image: Image) 
 
 
 def test_the_image_serves_read_only_and_stops_cleanly(engine: Engine, image: Image) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     engine.docker(
         "run", "-d", "--name", SMOKE, "--read-only", "--tmpfs", "/tmp",
-        "-p", f"127.0.0.1:{port}:8000", "-e", "POOL_DEVICE=cpu", image.tag,
+        "-p", f"127.0.0.1:{port}:8000", "-p", f"127.0.0.1:{grpc_port}:8001", "-e", "POOL_DEVICE=cpu", image.tag,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/healthz", deadline=60)
@@ -406,6 +407,7 @@ def test_the_image_serves_read_only_and_stops_cleanly(engine: Engine, image: Ima
     output, indices = _torch_answer(body)
     assert answer == shown
     assert answer["output"] == output and answer["indices"] == indices
+    assert _over_grpc(f"127.0.0.1:{grpc_port}", body) == (output, indices)
     assert engine.docker("exec", SMOKE, "id", "-u").stdout.strip() == "10001"
     assert engine.docker("exec", SMOKE, "id", "-g").stdout.strip() == "10001"
     assert engine.docker("exec", SMOKE, "touch", "/srv/written", check=False).returncode != 0
@@ -427,6 +429,25 @@ def test_the_image_serves_read_only_and_stops_cleanly(engine: Engine, image: Ima
     _report("smoke", {"answer": answer, "uid": 10001, "health": health, "stop_seconds": round(stop_s, 1)})
 
 
+def _over_grpc(target: str, body: dict) -> tuple[list, list]:
+    """The README's example over the image's gRPC port: (output, indices)."""
+    client = triton_grpc.InferenceServerClient(target)
+    try:
+        deadline = time.monotonic() + 30
+        while not client.is_server_ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        x = np.asarray(body["input"], np.float32)
+        tensor = triton_grpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        parameters = {key: json.dumps(value) if isinstance(value, list) else value for key, value in body.items()}
+        del parameters["input"]
+        result = client.infer("max2d", [tensor], parameters=parameters)
+        return result.as_numpy("output").tolist(), result.as_numpy("indices").tolist()
+    finally:
+        client.close()
+
+
 def _requests_per_replica(engine: Engine) -> Counter[str]:
     spread = Counter[str]()
     replicas = engine.docker(
@@ -441,8 +462,13 @@ def _requests_per_replica(engine: Engine) -> Counter[str]:
 
 def test_compose_spreads_requests_over_three_replicas_behind_nginx(engine: Engine, image: Image) -> None:
     nginx = _base_image(engine, "nginx")
-    port = free_port()
-    env = {"NGINX_IMAGE": nginx, "POOL_HOST_PORT": str(port), "POOL_REPLICAS": "3"}
+    port, grpc_port = free_port(), free_port()
+    env = {
+        "NGINX_IMAGE": nginx,
+        "POOL_HOST_PORT": str(port),
+        "POOL_GRPC_HOST_PORT": str(grpc_port),
+        "POOL_REPLICAS": "3",
+    }
     started = time.monotonic()
     engine.compose("up", "-d", "--no-build", "--scale", "pooling=3", env=env)
     try:
@@ -458,6 +484,9 @@ def test_compose_spreads_requests_over_three_replicas_behind_nginx(engine: Engin
         assert all(a.json() == shown for a in answers)
         expected = torch.nn.functional.max_pool2d(torch.from_numpy(big), 3, 2).numpy()
         np.testing.assert_array_equal(np.asarray(pooled.json()["output"], np.float32), expected)
+        # gRPC through nginx's HTTP/2 port, to the replicas' gRPC ports.
+        for _ in range(3):
+            assert _over_grpc(f"127.0.0.1:{grpc_port}", body) == _torch_answer(body)
         # Each replica's request lines, written by its access-log thread a moment after the answer.
         deadline = time.monotonic() + 10
         while sum((spread := _requests_per_replica(engine)).values()) < 31 and time.monotonic() < deadline:
