@@ -65,6 +65,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def listening(port: int, deadline: float = 60) -> None:
+    """Returns once something accepts connections on the loopback `port` (or the deadline passes)."""
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -103,13 +114,7 @@ def server(
     log = tempfile.NamedTemporaryFile("wb", prefix="pool-bench-", suffix=".log", delete=False)
     process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        listening(port)
         yield port, process.pid
     finally:
         process.terminate()
@@ -503,13 +508,7 @@ def raw_transport() -> Iterator[int]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_transport", str(port)], cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        listening(port)
         yield port
     finally:
         process.terminate()
