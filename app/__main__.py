@@ -22,7 +22,7 @@ from typing import Any
 
 import uvicorn
 
-from app.connections import GuardedHttpProtocol
+from app.connections import http_protocol
 from app.lifecycle import Lifecycle
 from app.settings import Settings
 from app.telemetry import configure_logging
@@ -62,7 +62,7 @@ def main() -> None:
         "port": settings.port,
         "workers": settings.workers,
         "loop": "uvloop",
-        "http": GuardedHttpProtocol,  # httptools, within the connection limits of the settings
+        "http": http_protocol(),  # httptools, within the connection limits of the settings
         "ws": "none",
         "server_header": False,
         "access_log": False,  # the service logs each request itself, as JSON lines

@@ -23,14 +23,40 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.responses import problem_bytes, problem_response
 from app.settings import Settings
+
+log = logging.getLogger("app.connections")
+
+
+# The uvicorn releases this protocol is built on and tested with (pyproject.toml's range).
+UVICORN_RANGE = ((0, 53), (0, 55))
+
+
+def http_protocol() -> type[HttpToolsProtocol] | str:
+    """`GuardedHttpProtocol` on a uvicorn it was built on; on another, uvicorn's own httptools
+    protocol, with a warning: its internals may have changed, and the connection limits are
+    then a proxy's to keep."""
+    version = tuple(int(part) for part in uvicorn.__version__.split(".")[:2])
+    low, high = UVICORN_RANGE
+    if low <= version < high:
+        return GuardedHttpProtocol
+    log.warning(
+        "uvicorn %s is outside the range the connection limits are built on (%s to %s): "
+        "serving with uvicorn's own httptools protocol, without them",
+        uvicorn.__version__,
+        ".".join(map(str, low)),
+        ".".join(map(str, high)),
+    )
+    return "httptools"
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,25 @@ def test_a_request_that_asks_to_upgrade_is_answered_in_http1_and_closed(guarded)
     head = b"POST /pool/max1d HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + upgrade
     (answer,) = _exchange(guarded, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
     _problem(answer, 400, "upgrades no connection")
+
+
+def test_the_protocol_is_used_only_on_the_uvicorn_it_is_built_on(monkeypatch, caplog):
+    """pyproject.toml's uvicorn range is the one the protocol names; outside it, uvicorn's own
+    httptools protocol serves, with a warning."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import uvicorn
+
+    from app import connections
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    (spec,) = [dep for dep in pyproject["project"]["dependencies"] if dep.startswith("uvicorn")]
+    low, high = (tuple(map(int, bound.split("."))) for bound in re.findall(r"[<>]=?(\d+\.\d+)", spec))
+    assert (low, high) == connections.UVICORN_RANGE
+    assert connections.http_protocol() is connections.GuardedHttpProtocol
+    monkeypatch.setattr(uvicorn, "__version__", ".".join(map(str, high)) + ".0")
+    with caplog.at_level("WARNING", logger="app.connections"):
+        assert connections.http_protocol() == "httptools"
+    assert "outside the range" in caplog.text
