@@ -98,8 +98,9 @@ def decode_json_tensor(
     if "npy_base64" in value:
         _only_keys(value, {"npy_base64"}, loc)
         text = value["npy_base64"]
-        if isinstance(text, bytearray):
-            data = text  # decoded while the body was read; JSON itself yields no bytearray
+        data: bytearray | memoryview
+        if isinstance(text, memoryview):
+            data = text  # decoded in the body as it was read; JSON itself yields no memoryview
         elif isinstance(text, str):
             data = decode_base64(text, loc)
         else:

@@ -14,7 +14,14 @@ with the limits a public server keeps (nginx's `large_client_header_buffers`,
 - a head the parser cannot read gets a 400, and so does a request with a body
   that asks to upgrade (h2c): the parser reads no body after an Upgrade header.
 
-Each of these answers is problem+json. The app's own limits (body size and pace,
+Each of these answers is problem+json.
+
+A request with a body of declared length also gets the ASGI extension
+`BODY_INTO` in its scope: the rest of the body received from the socket straight into a buffer
+the app gives, with no copy on the way (uvicorn copies each chunk three
+times). The endpoint takes it for large bodies, when `receive` is this
+connection's own: a middleware that wraps `receive` sees every byte.
+ The app's own limits (body size and pace,
 work, compute slots) are the app's; these are the connection's, and hold
 wherever `python -m app` runs, behind nginx or not.
 """
@@ -24,18 +31,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.responses import problem_bytes, problem_response
 from app.settings import Settings
 
 log = logging.getLogger("app.connections")
 
+
+# The scope's extension: {"receive": the receive it stands for, "into": `BodyInto.__call__`}.
+BODY_INTO = "pool.body_into"
 
 # The uvicorn releases this protocol is built on and tested with (pyproject.toml's range).
 UVICORN_RANGE = ((0, 53), (0, 55))
@@ -105,6 +116,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes that arrive belong to a request's head
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._declared = 0  # the current request's Content-Length
+        self._body_parsed = 0  # bytes of its body fed to the parser
+        self._reader: _BodyReader | None = None  # on the transport while a body is read into a buffer
 
     # ------------------------------------------------------------ the connection
 
@@ -191,6 +205,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _problem(self, status: int, detail: str) -> bytes:
         return problem_bytes(status, detail, self.server_state.default_headers)  # the date, as on every answer
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._body_parsed = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._body_parsed += len(body)
+        super().on_body(body)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:  # a chunked body's trailers: held to the head's limit as well
             self._head_bytes += len(name) + len(value) + 4
@@ -220,6 +242,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
         else:
             super().on_headers_complete()
+            self._declared = self._declared_length()
+            if self._declared:
+                cycle = self.cycle
+                into = functools.partial(self._receive_into, cycle)
+                self.scope["extensions"] = {BODY_INTO: {"receive": cycle.receive, "into": into}}
         if upgrade and self.cycle is not None:
             self.cycle.keep_alive = False  # the parser reads nothing more on this connection
 
@@ -241,3 +268,122 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if not self.transport.is_closing() and self.cycle.response_complete and self._head_timer is None:
             self._wait_for_head()  # no pipelined request in hand: the next one's head is awaited
+
+    # ------------------------------------------------------------ a body into a buffer
+
+    async def _receive_into(self, cycle: RequestResponseCycle, view: memoryview, arrived: Callable[[int], None]) -> int:
+        """`BODY_INTO`'s "into": fills `view`, exactly as long as what is left of the
+        request's declared body, with it; what has arrived and not been received is
+        copied, the rest goes from the socket straight into `view`. `arrived(n)` is
+        called as each `n` bytes land; an exception it raises stops the read and is
+        raised here. Returns the bytes filled: fewer only when the client has gone.
+
+        A read that does not finish (refused, cancelled, the client gone) leaves the
+        connection to close after the answer: its parser no longer knows where the body
+        ends, so nothing more is read from it as a request."""
+        if cycle is not self.cycle or self._reader is not None or cycle.response_complete:
+            raise RuntimeError("a body is read into a buffer only while its request is the connection's current one")
+        in_socket = self._declared - self._body_parsed
+        pending = cycle.body
+        if len(view) != len(pending) + in_socket:
+            raise ValueError(f"the buffer holds {len(view)} bytes; {len(pending) + in_socket} of the body are left")
+        taken = len(pending)
+        view[:taken] = pending
+        cycle.body = bytearray()
+        if taken:
+            arrived(taken)
+        if not in_socket or cycle.disconnected:
+            return taken
+        reader = self._reader = _BodyReader(self, cycle, view[taken:], arrived)
+        self.transport.set_protocol(reader)
+        self.flow.resume_reading()
+        try:
+            await reader.done
+        finally:
+            self._body_read(reader, None)  # cancelled: handed back here
+        return taken + reader.filled
+
+    def _declared_length(self) -> int:
+        """The body's Content-Length; 0 for a chunked body or none."""
+        length = 0
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                return 0
+            if name == b"content-length":
+                length = int(value)  # the parser has read it, so it is a number
+        return length
+
+    def _body_read(self, reader: _BodyReader, error: BaseException | None) -> None:
+        """Hands the transport back to HTTP when `reader` is done: with the body whole,
+        the request is complete and the next one's head is parsed afresh; otherwise the
+        connection closes after the answer."""
+        if self._reader is not reader:
+            return
+        self._reader = None
+        whole = reader.filled == len(reader.view)
+        # The transport may keep the reader's methods until another takes its place: the
+        # view goes now, so the app's buffer is free to be resized or reused.
+        reader.view.release()
+        if whole:
+            self.parser = self._fresh_parser()
+        else:
+            reader.cycle.keep_alive = False
+        if not self.transport.is_closing():
+            self.transport.set_protocol(self)
+        if whole:
+            self.on_message_complete()
+        if not reader.done.done():
+            if error is None:
+                reader.done.set_result(None)
+            else:
+                reader.done.set_exception(error)
+
+    def _fresh_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets its own
+        return parser
+
+
+class _BodyReader(asyncio.BufferedProtocol):
+    """Stands in for a connection's HTTP protocol on its transport while a body is read
+    into the app's buffer: the transport receives straight into `view`."""
+
+    def __init__(
+        self,
+        connection: GuardedHttpProtocol,
+        cycle: RequestResponseCycle,
+        view: memoryview,
+        arrived: Callable[[int], None],
+    ) -> None:
+        self.connection = connection
+        self.cycle = cycle
+        self.view = view
+        self.filled = 0
+        self.arrived = arrived
+        self.done: asyncio.Future[None] = connection.loop.create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        try:
+            self.arrived(nbytes)
+        except Exception as exc:
+            self.connection._body_read(self, exc)
+            return
+        if self.filled == len(self.view):
+            self.connection._body_read(self, None)
+
+    def eof_received(self) -> None:
+        self.connection.eof_received()  # the transport then closes: the body ends short
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection._body_read(self, None)
+        self.connection.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.connection.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.connection.resume_writing()

@@ -19,6 +19,7 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.compression import COMPRESSED, SMALLEST, answer_coding, compress
+from app.connections import BODY_INTO
 from app.errors import ClientGone, NotFound, ProblemError, cut, shown
 from app.inference import decode_oip
 from app.native import decode_native
@@ -88,4 +89,8 @@ class PoolEndpoint:
 def incoming(scope: Scope, receive: Receive) -> Incoming:
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     query = scope.get("query_string", b"")
-    return Incoming(headers, QueryParams(query) if query else None, receive)
+    # The connection's direct read of a large body, unless a middleware stands between it
+    # and this endpoint's `receive`: that middleware then sees the body, chunk by chunk.
+    direct = scope.get("extensions", {}).get(BODY_INTO)
+    into = direct["into"] if direct is not None and direct["receive"] == receive else None
+    return Incoming(headers, QueryParams(query) if query else None, receive, body_into=into)

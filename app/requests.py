@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,17 +25,23 @@ from app.codecs import Limits, Tensor
 from app.errors import BodyTooSlow, ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody, shown
 from app.operations import Operation
 
+# Fills a view with the rest of the body, calling back with each count of bytes that lands.
+BodyInto = Callable[[memoryview, Callable[[int], None]], Awaitable[int]]
+
 
 @dataclass(slots=True)
 class Incoming:
     """What the pipeline reads of a request: lower-case headers, the query (None when
     empty), the ASGI `receive` that yields the body (and then waits for the client to
-    leave), and the time the transport gives it (a gRPC deadline), if any."""
+    leave), the time the transport gives it (a gRPC deadline), if any, and the
+    connection's way to read the rest of a declared body straight into a buffer
+    (`app.connections.BODY_INTO`), if it offers one."""
 
     headers: dict[str, str]
     query: QueryParams | None
     receive: Receive | None  # None: the body came whole, and the transport ends the call if the client goes
     timeout_s: float | None = None
+    body_into: BodyInto | None = None
 
 
 async def _chunk(receive: Receive) -> tuple[bytes, bool]:
@@ -59,6 +66,7 @@ _uninitialised = ctypes.pythonapi.PyByteArray_FromStringAndSize
 _uninitialised.restype = ctypes.py_object
 _uninitialised.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
 _RECYCLED_FROM = 1 << 20  # smaller bodies come from the allocator's pools cheaply
+_INTO_FROM = 1 << 18  # the least of a body left to read that is read straight into its buffer
 
 
 class BodyBudget:
@@ -181,6 +189,13 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, keeper: 
     reader = asyncio.current_task()
     assert reader is not None
     read = keeper.watch(reader, asyncio.get_running_loop())
+
+    def arrived(count: int) -> None:
+        nonlocal received
+        budget.take(count)
+        received += count
+        read.received = received
+
     try:
         while more:
             chunk, more = await _chunk(receive)
@@ -196,6 +211,12 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, keeper: 
                 body[received : received + count] = chunk
             received += count
             read.received = received
+            if more and incoming.body_into is not None and size is not None and size - received >= _INTO_FROM:
+                # The rest from the socket straight into the buffer, with no copy on the way.
+                await incoming.body_into(memoryview(body)[received:], arrived)
+                if received < size:
+                    raise ClientGone
+                more = False
     except asyncio.CancelledError:
         budget.give_back(received)
         if not read.late:
@@ -334,7 +355,7 @@ _BASE64_KEY = re.compile(rb'"npy_base64"\s*:\s*"')
 _SLOT = "\x00"  # cannot stand unescaped in JSON, so no client sends it
 
 
-def _split_base64(raw: bytearray) -> tuple[dict[str, Any], bytearray] | None:
+def _split_base64(raw: bytearray) -> tuple[dict[str, Any], memoryview] | None:
     """A large `npy_base64` input decoded straight from the raw body, and the rest
     parsed: orjson would otherwise build a Python string as large as the tensor only
     for it to be decoded. Taken only where the cut provably is the input's value and
@@ -352,12 +373,38 @@ def _split_base64(raw: bytearray) -> tuple[dict[str, Any], bytearray] | None:
     rest = bytes(raw[:start]) + b"\\u0000" + bytes(raw[end:])
     try:
         fields = orjson.loads(rest)
-        decoded = pybase64.b64decode_as_bytearray(memoryview(raw)[start:end], validate=True)
-    except (orjson.JSONDecodeError, ValueError):
+    except orjson.JSONDecodeError:
         return None
     if not isinstance(fields, dict) or fields.get("input") != {"npy_base64": _SLOT}:
         return None
+    decoded = _decode_in_place(raw, start, end)
+    if decoded is None:
+        return None
     return fields, decoded
+
+
+_CHUNK = 1 << 20  # base64 characters decoded at a time: a multiple of 4
+
+
+def _decode_in_place(raw: bytearray, start: int, end: int) -> memoryview | None:
+    """The standard base64 `raw[start:end]` decoded into `raw` from `start` on, a chunk at
+    a time: bytes come out shorter than their text, so each chunk lands where text has
+    been read, and no second buffer as large as the tensor is needed. None, with `raw`
+    as it was, where the text is anything but standard and unbroken: padding ends it."""
+    view = memoryview(raw)
+    at = start
+    for begin in range(start, end, _CHUNK):
+        stop = min(begin + _CHUNK, end)
+        try:
+            part = pybase64.b64decode(view[begin:stop], validate=True)
+        except ValueError:
+            part = b""
+        if (stop < end and len(part) != _CHUNK // 4 * 3) or not part:  # padding inside the text, or not base64
+            raw[start:begin] = pybase64.b64encode(view[start:at])  # the text read so far, as it was
+            return None
+        view[at : at + len(part)] = part
+        at += len(part)
+    return view[start:at]
 
 
 def decode_json_request(
@@ -367,7 +414,7 @@ def decode_json_request(
     split = _split_base64(raw)
     if split is not None:
         fields, decoded = split
-        fields["input"] = {"npy_base64": decoded}  # a bytearray: already decoded
+        fields["input"] = {"npy_base64": decoded}  # a view of the body: already decoded
     else:
         fields = parse_json_body(raw)
     names = ("input", *operation.family.extra_tensors)

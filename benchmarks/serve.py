@@ -63,6 +63,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "app.main:app"
+WORKLOADS = ("w1", "grpc", "w2", "w3", "w4")  # what --only chooses from
+JSON_TYPES = ("application/json", "application/json")
 
 
 def listening(port: int, deadline: float = 60) -> None:
@@ -103,13 +106,18 @@ def server(
     app: str, threads: int, root: Path = ROOT, grpc_port: int = 0, environment: dict[str, str] | None = None
 ) -> Iterator[tuple[int, int]]:
     """(port, pid) of a uvicorn process serving `app` from the checkout at `root` (the
-    service's gRPC server on `grpc_port`, if any), with these variables besides."""
+    service's gRPC server on `grpc_port`, if any), with these variables besides. The
+    service (`SERVICE`) runs as deployed, `python -m app`, its access log on; the
+    baselines under uvicorn's own command, with the same loop and HTTP parser."""
     port = free_port()
     env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads), "POOL_GRPC_PORT": str(grpc_port)}
-    env.update(environment or {})
+    env.update({"POOL_HOST": "127.0.0.1", "POOL_PORT": str(port), "POOL_DRAIN_S": "0"}, **(environment or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    if app == SERVICE:
+        command = [sys.executable, "-m", "app"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
     # The server's logs (a JSON line per request, as deployed) go to a file, not the report.
     log = tempfile.NamedTemporaryFile("wb", prefix="pool-bench-", suffix=".log", delete=False)
     process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
@@ -307,8 +315,8 @@ def compare(args: argparse.Namespace, w: Workloads, other: Path) -> None:
     print(f"{'workload':<44} {'this':>12} {'other':>12} {'ratio':>7}")
     json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
     with (
-        server("app.main:app", args.threads) as (port, _),
-        server("app.main:app", args.threads, other) as (other_port, _),
+        server(SERVICE, args.threads) as (port, _),
+        server(SERVICE, args.threads, other) as (other_port, _),
     ):
         if shutil.which("wrk"):
             for each in (port, other_port):
@@ -350,6 +358,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="length of each W1 round")
     parser.add_argument("--rounds", type=int, default=3, help="W1 rounds, alternating between the servers")
     parser.add_argument("--against", type=Path, help="another checkout of the service to compare this one with")
+    parser.add_argument(
+        "--only", type=lambda text: set(text.lower().split(",")), default=set(WORKLOADS), help="e.g. w1,w3"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__} on {args.threads} threads, {os.cpu_count()} cores")
@@ -361,15 +372,17 @@ def main() -> None:
     tiny, medium, large_x = workloads.tiny, workloads.medium, workloads.large_x
     large_npy, large_b64, head_b64 = workloads.large_npy, workloads.large_b64, workloads.head_b64
 
-    if shutil.which("wrk"):
+    if "w1" not in args.only:
+        pass
+    elif shutil.which("wrk"):
         # Rounds alternate between the servers, so a slow spell of a shared machine
         # falls on all of them; the medians of the rounds are compared.
         with (
             otlp_sink() as sink,
             server("benchmarks.baseline_app:app", args.threads) as (base_port, _),
-            server("app.main:app", args.threads) as (port, _),
+            server(SERVICE, args.threads) as (port, _),
             server("benchmarks.baseline_app:minimal", args.threads) as (minimal_port, _),
-            server("app.main:app", args.threads, environment={"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as (traced, _),
+            server(SERVICE, args.threads, environment={"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as (traced, _),
         ):
             ports = (base_port, port, minimal_port, traced)
             for each in ports:
@@ -400,14 +413,15 @@ def main() -> None:
     tiny_x = np.array(orjson.loads(tiny)["input"], dtype=np.float32)
     tiny_message = infer_message("max2d", tiny_x, kernel_size=2, return_indices=True)
     grpc_port = free_port()
-    with server("app.main:app", args.threads, grpc_port=grpc_port):
-        target = f"127.0.0.1:{grpc_port}"
-        grpc_rate(target, tiny_message, 2)  # warm up
-        rates = [grpc_rate(target, tiny_message, args.seconds) for _ in range(args.rounds)]
-    print(
-        f"{'W1 over gRPC, 32 calls in flight: calls/s':<44} {statistics.median(rates):10.0f}   "
-        "(client: one grpc.aio process on the same cores)"
-    )
+    if "grpc" in args.only:
+        with server(SERVICE, args.threads, grpc_port=grpc_port):
+            target = f"127.0.0.1:{grpc_port}"
+            grpc_rate(target, tiny_message, 2)  # warm up
+            rates = [grpc_rate(target, tiny_message, args.seconds) for _ in range(args.rounds)]
+        print(
+            f"{'W1 over gRPC, 32 calls in flight: calls/s':<44} {statistics.median(rates):10.0f}   "
+            "(client: one grpc.aio process on the same cores)"
+        )
 
     def floor_w2() -> bytes:
         document = orjson.loads(medium)
@@ -431,7 +445,7 @@ def main() -> None:
     json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
     with (
         server("benchmarks.baseline_app:transport", args.threads) as (transport_port, _),
-        server("app.main:app", args.threads, grpc_port=grpc_port) as (port, pid),
+        server(SERVICE, args.threads, grpc_port=grpc_port) as (port, _),
         raw_transport() as raw_port,
         torch.inference_mode(),
     ):
@@ -453,54 +467,75 @@ def main() -> None:
                 args.repeat,
             )
 
-        ours, floor, transport, _ = measure(floor_w2, medium, "/pool/max2d", json_type, json_type)
-        line("W2 medium JSON 1x16x128x128, one client", ours, floor, "ms", "<= 1.2x", transport)
-        large_path = "/pool/max2d?kernel_size=2&stride=2"
-        post(connection, large_path, large_npy, npy_type, npz_type)
-        before = memory_kib(pid, "VmRSS")
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
-        ours, floor, transport, raw_ms = measure(floor_w3_raw, large_npy, large_path, npy_type, npz_type)
-        for _ in range(args.repeat):  # and as many back to back, where the allocator settles
+        if "w2" in args.only:
+            ours, floor, transport, _ = measure(floor_w2, medium, "/pool/max2d", json_type, json_type)
+            line("W2 medium JSON 1x16x128x128, one client", ours, floor, "ms", "<= 1.2x", transport)
+        if "w3" in args.only:
+            large_path = "/pool/max2d?kernel_size=2&stride=2"
             post(connection, large_path, large_npy, npy_type, npz_type)
-        peak = memory_kib(pid, "VmHWM")
-        line("W3 large .npy body -> .npz, one client", ours, floor, "ms", "<= 1.25x", transport)
-        # The physical floor: the bytes over a raw socket, and max_pool2d alone on a tensor in hand.
-        large_tensor = torch.from_numpy(large_x)
-        (pooling,) = interleaved([lambda: F.max_pool2d(large_tensor, 2, 2)], args.repeat)
-        physical = raw_ms + pooling
-        print(
-            f"{'   physical floor: raw socket + max_pool2d':<44} {raw_ms:10.2f} ms    {physical:10.2f} ms    "
-            f"{ours / physical:6.2f}x  (target <= 1.15x)"
-        )
-        grpc_w3 = grpc_unary(f"127.0.0.1:{grpc_port}")
-        large_message = infer_message("max2d", large_x, kernel_size=2, stride=2)
-        grpc_w3(large_message)
-        over_grpc, over_rest, floor = interleaved(
-            [
-                lambda: grpc_w3(large_message),
-                lambda: post(connection, large_path, large_npy, npy_type, npz_type),
-                floor_w3_raw,
-            ],
-            args.repeat,
-        )
-        line("W3 over gRPC, raw contents, one client", over_grpc, floor, "ms", "none: see the README")
-        print(f"{'   gRPC over REST .npy, same run':<44} {over_grpc / over_rest:10.2f}x")
-        w3_b64 = lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2))  # noqa: E731
-        ours, floor, transport, _ = measure(w3_b64, large_b64, "/pool/max2d", json_type, json_type)
-        line("W3 large npy_base64 in JSON", ours, floor, "ms", "<= 1.3x", transport)
-        growth = (peak - before) / 1024
-        tensor_mb = large_x.nbytes / 2**20
-        print(
-            f"{f'W3 peak memory growth, {2 * args.repeat + 1} requests':<44} {growth:10.1f} {'MiB':<5} "
-            f"{tensor_mb:10.1f} {'MiB':<5} "
-            f"{growth / tensor_mb:6.2f}x  (target <= 3x the tensor)"
-        )
-        w4 = lambda: floor_base64(head_b64, lambda x: F.adaptive_avg_pool2d(x, 1))  # noqa: E731
-        ours, floor, transport, _ = measure(w4, head_b64, "/pool/global-avg2d", json_type, json_type)
-        line("W4 global-avg2d 32x512x7x7 npy_base64", ours, floor, "ms", "<= 1.5x", transport)
+            ours, floor, transport, raw_ms = measure(floor_w3_raw, large_npy, large_path, npy_type, npz_type)
+            line("W3 large .npy body -> .npz, one client", ours, floor, "ms", "none", transport)
+            # The physical floor: the bytes over a raw socket, and max_pool2d alone on a tensor in hand.
+            large_tensor = torch.from_numpy(large_x)
+            (pooling,) = interleaved([lambda: F.max_pool2d(large_tensor, 2, 2)], args.repeat)
+            physical = raw_ms + pooling
+            print(
+                f"{'   physical floor: raw socket + max_pool2d':<44} {raw_ms:10.2f} ms    {physical:10.2f} ms    "
+                f"{ours / physical:6.2f}x  (target <= 1.15x)"
+            )
+            grpc_w3 = grpc_unary(f"127.0.0.1:{grpc_port}")
+            large_message = infer_message("max2d", large_x, kernel_size=2, stride=2)
+            grpc_w3(large_message)
+            over_grpc, over_rest, floor = interleaved(
+                [
+                    lambda: grpc_w3(large_message),
+                    lambda: post(connection, large_path, large_npy, npy_type, npz_type),
+                    floor_w3_raw,
+                ],
+                args.repeat,
+            )
+            line("W3 over gRPC, raw contents, one client", over_grpc, floor, "ms", "none: see the README")
+            print(f"{'   gRPC over REST .npy, same run':<44} {over_grpc / over_rest:10.2f}x")
+            w3_b64 = lambda: floor_base64(large_b64, lambda x: F.max_pool2d(x, 2, 2))  # noqa: E731
+            ours, floor, transport, _ = measure(w3_b64, large_b64, "/pool/max2d", json_type, json_type)
+            line("W3 large npy_base64 in JSON", ours, floor, "ms", "<= 1.6x", transport)
+            n, size = args.repeat, large_x.nbytes
+            memory_growth(args.threads, large_path, large_npy, (npy_type, npz_type), n, size, "W3 .npy", "<= 2x")
+            memory_growth(args.threads, "/pool/max2d", large_b64, JSON_TYPES, n, size, "W3 npy_base64", "<= 3x")
+        if "w4" in args.only:
+            w4 = lambda: floor_base64(head_b64, lambda x: F.adaptive_avg_pool2d(x, 1))  # noqa: E731
+            ours, floor, transport, _ = measure(w4, head_b64, "/pool/global-avg2d", json_type, json_type)
+            line("W4 global-avg2d 32x512x7x7 npy_base64", ours, floor, "ms", "<= 1.8x", transport)
         connection.close()
         bare.close()
         raw.close()
+
+
+def memory_growth(
+    threads: int, path: str, body: bytes, types: tuple[str, str], repeat: int, tensor_bytes: int, name: str, target: str
+) -> None:
+    """Prints how far a fresh server's resident memory rises while it answers its first
+    request of the workload (after a small one, which loads the code), and how much more
+    it holds after `repeat` more (what the allocator keeps for the next), against the
+    size of the tensor."""
+    with server(SERVICE, threads) as (port, pid):
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        post(connection, "/pool/max2d", b'{"input": [[[[1, 2], [3, 4]]]], "kernel_size": 2}', *JSON_TYPES)
+        before = memory_kib(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
+        post(connection, path, body, *types)
+        first = memory_kib(pid, "VmHWM") - before
+        for _ in range(repeat):
+            post(connection, path, body, *types)
+        held = memory_kib(pid, "VmRSS") - before
+        connection.close()
+    tensor_mb = tensor_bytes / 2**20
+    for what, kib, aim in (
+        (f"{name}: memory growth of one request", first, f"  (target {target} the tensor)"),
+        (f"   held after {repeat} more", held, ""),
+    ):
+        mib = kib / 1024
+        print(f"{what:<44} {mib:10.1f} {'MiB':<5} {tensor_mb:10.1f} {'MiB':<5} {mib / tensor_mb:6.2f}x{aim}")
 
 
 @contextmanager
