@@ -45,10 +45,12 @@ _STRUCTURAL[[ord(c) for c in '[]{},:"\\']] = True
 _DEPTH = np.zeros(256, dtype=np.int64)
 _DEPTH[[_LIST, _OBJECT]] = 1
 _DEPTH[[ord("]"), ord("}")]] = -1
+_BRACKET_BITS, _BRACKET = 0xD9, 0x59  # [ ] { } are the bytes b with b & 0xD9 == 0x59, besides Y _ y DEL
 _CONTINUE = {_LIST: b"[", _OBJECT: b"{" + orjson.dumps(CONTINUED) + b":"}
 _START = {_LIST: b"[", _OBJECT: b"{"}
 _CLOSE = {_LIST: b"]", _OBJECT: b"}"}
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_COLON = re.compile(rb"[ \t\r\n]*(?::)?")  # what may follow a string before a value (a key's colon)
 
 # An open container: its kind (`[` or `{`) and, in an object, the key it is the value of.
 Level = tuple[int, "str | None"]
@@ -100,11 +102,7 @@ def _cut(data: bytes, start: int, stack: list[Level]) -> tuple[int, list[Level]]
             # one piece, which orjson reads and checks whole.
             return len(data), []
         stop = min(len(data), start + size)
-        u = np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start)
-        where = np.flatnonzero(_STRUCTURAL[u])
-        chars = u[where]
-        keep, quotes = _outside_strings(where, chars)
-        piece = _Piece(data, start, chars[keep], where[keep] + start, where[quotes] + start)
+        piece = _Piece.scanned(data, start, stop)
         if stop == len(data):
             after = piece.open_after(len(piece.chars), stack)
             if after:
@@ -136,12 +134,52 @@ def _outside_strings(where: np.ndarray, chars: np.ndarray) -> tuple[np.ndarray, 
     return ~(inside | quote), quote
 
 
+def _brackets_and_last_comma(
+    data: bytes, u: np.ndarray, start: int, begin: int, end: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """In `data[begin:end]`, which holds no string (`u` is the piece from `start`): its
+    brackets (with Y _ y DEL, which valid JSON has only in strings and which count for
+    nothing) and its last comma, as characters and their places."""
+    at = np.flatnonzero(u[begin - start : end - start] & _BRACKET_BITS == _BRACKET) + begin
+    comma = data.rfind(b",", begin, end)
+    if comma >= 0:
+        at = np.insert(at, np.searchsorted(at, comma), comma)
+    return u[at - start], at
+
+
 class _Piece:
     """A piece's structural characters outside strings (`chars`, at `at` in the document)
     and the quotes of its strings (at `quotes`)."""
 
     def __init__(self, data: bytes, start: int, chars: np.ndarray, at: np.ndarray, quotes: np.ndarray) -> None:
         self.data, self.start, self.chars, self.at, self.quotes = data, start, chars, at, quotes
+
+    @classmethod
+    def scanned(cls, data: bytes, start: int, stop: int) -> _Piece:
+        """The piece `data[start:stop]`, which starts outside every string. From its first
+        string to its last (and the colon after that, if any) every structural character
+        is looked at; before and after, where a tensor's numbers lie, there are no strings
+        and so no keys, and brackets and the last comma are all that count, which a mask
+        and a memchr find."""
+        u = np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start)
+        first = data.find(b'"', start, stop)
+        if first < 0:
+            return cls(data, start, *_brackets_and_last_comma(data, u, start, start, stop), np.empty(0, np.intp))
+        last = data.rfind(b'"', start, stop)
+        split = _COLON.match(data, last + 1, stop).end()  # type: ignore[union-attr]  # it matches anywhere
+        where = np.flatnonzero(_STRUCTURAL[u[first - start : split - start]])
+        chars = u[where + (first - start)]
+        keep, quotes = _outside_strings(where, chars)
+        parts = [_brackets_and_last_comma(data, u, start, start, first), (chars[keep], where[keep] + first)]
+        if np.count_nonzero(quotes) % 2 == 0:  # the last string closes: the rest lies outside every string
+            parts.append(_brackets_and_last_comma(data, u, start, split, stop))
+        return cls(
+            data,
+            start,
+            np.concatenate([part[0] for part in parts]),
+            np.concatenate([part[1] for part in parts]),
+            where[quotes] + first,
+        )
 
     def open_after(self, count: int, stack: list[Level]) -> list[Level]:
         """The containers open after the first `count` characters, when `stack` was open before them."""
