@@ -14,16 +14,16 @@ with the limits a public server keeps (nginx's `large_client_header_buffers`,
 - a head the parser cannot read gets a 400, and so does a request with a body
   that asks to upgrade (h2c): the parser reads no body after an Upgrade header.
 
-Each of these answers is problem+json.
+Each of these answers is problem+json. The app's own limits (body size and
+pace, work, compute slots) are the app's; these are the connection's, and hold
+wherever `python -m app` runs, behind nginx or not.
 
 A request with a body of declared length also gets the ASGI extension
-`BODY_INTO` in its scope: the rest of the body received from the socket straight into a buffer
-the app gives, with no copy on the way (uvicorn copies each chunk three
-times). The endpoint takes it for large bodies, when `receive` is this
-connection's own: a middleware that wraps `receive` sees every byte.
- The app's own limits (body size and pace,
-work, compute slots) are the app's; these are the connection's, and hold
-wherever `python -m app` runs, behind nginx or not.
+`BODY_INTO` (`app.requests`) in its scope: the rest of the body received from
+the socket straight into a buffer the app gives, with none of the copies
+uvicorn makes of each chunk on its way to `receive`. The endpoint takes it for
+large bodies when the `receive` it was given is this connection's own, so a
+middleware that wraps `receive` sees every byte.
 """
 
 from __future__ import annotations
@@ -39,14 +39,11 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from app.requests import BODY_INTO
 from app.responses import problem_bytes, problem_response
 from app.settings import Settings
 
 log = logging.getLogger("app.connections")
-
-
-# The scope's extension: {"receive": the receive it stands for, "into": `BodyInto.__call__`}.
-BODY_INTO = "pool.body_into"
 
 # The uvicorn releases this protocol is built on and tested with (pyproject.toml's range).
 UVICORN_RANGE = ((0, 53), (0, 55))
@@ -207,7 +204,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._body_parsed = 0
+        self._declared = self._body_parsed = 0
 
     def on_body(self, body: bytes) -> None:
         self._body_parsed += len(body)
@@ -246,7 +243,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self._declared:
                 cycle = self.cycle
                 into = functools.partial(self._receive_into, cycle)
-                self.scope["extensions"] = {BODY_INTO: {"receive": cycle.receive, "into": into}}
+                self.scope.setdefault("extensions", {})[BODY_INTO] = {"receive": cycle.receive, "into": into}
         if upgrade and self.cycle is not None:
             self.cycle.keep_alive = False  # the parser reads nothing more on this connection
 
@@ -283,6 +280,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         ends, so nothing more is read from it as a request."""
         if cycle is not self.cycle or self._reader is not None or cycle.response_complete:
             raise RuntimeError("a body is read into a buffer only while its request is the connection's current one")
+        if cycle.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as `receive` does: the client waits for it
+            cycle.waiting_for_100_continue = False
         in_socket = self._declared - self._body_parsed
         pending = cycle.body
         if len(view) != len(pending) + in_socket:
@@ -294,13 +294,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             arrived(taken)
         if not in_socket or cycle.disconnected:
             return taken
-        reader = self._reader = _BodyReader(self, cycle, view[taken:], arrived)
+        reader = self._reader = _BodyReader(self, view[taken:], arrived)
         self.transport.set_protocol(reader)
         self.flow.resume_reading()
         try:
             await reader.done
         finally:
-            self._body_read(reader, None)  # cancelled: handed back here
+            self._end_body_read(reader, None)  # cancelled: ended here
         return taken + reader.filled
 
     def _declared_length(self) -> int:
@@ -313,25 +313,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 length = int(value)  # the parser has read it, so it is a number
         return length
 
-    def _body_read(self, reader: _BodyReader, error: BaseException | None) -> None:
-        """Hands the transport back to HTTP when `reader` is done: with the body whole,
-        the request is complete and the next one's head is parsed afresh; otherwise the
-        connection closes after the answer."""
+    def _end_body_read(self, reader: _BodyReader, error: BaseException | None) -> None:
+        """Ends `reader`'s read. With the body whole, the transport goes back to HTTP and
+        the next request's head is parsed afresh. Otherwise the reader stays on the
+        transport, throwing away whatever arrives, until the connection closes after the
+        answer: the parser no longer knows where the body ends, so nothing more is read
+        as a request."""
         if self._reader is not reader:
             return
         self._reader = None
         whole = reader.filled == len(reader.view)
-        # The transport may keep the reader's methods until another takes its place: the
-        # view goes now, so the app's buffer is free to be resized or reused.
-        reader.view.release()
+        reader.finish()
         if whole:
             self.parser = self._fresh_parser()
-        else:
-            reader.cycle.keep_alive = False
-        if not self.transport.is_closing():
-            self.transport.set_protocol(self)
-        if whole:
+            if not self.transport.is_closing():
+                self.transport.set_protocol(self)
             self.on_message_complete()
+        else:
+            self.cycle.keep_alive = False
         if not reader.done.done():
             if error is None:
                 reader.done.set_result(None)
@@ -346,40 +345,46 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 class _BodyReader(asyncio.BufferedProtocol):
     """Stands in for a connection's HTTP protocol on its transport while a body is read
-    into the app's buffer: the transport receives straight into `view`."""
+    into the app's buffer: the transport receives straight into `view`. Finished short
+    of the body's end, it receives into scratch space, and so throws away, what comes."""
 
-    def __init__(
-        self,
-        connection: GuardedHttpProtocol,
-        cycle: RequestResponseCycle,
-        view: memoryview,
-        arrived: Callable[[int], None],
-    ) -> None:
+    _SCRATCH = memoryview(bytearray(1 << 16))  # written and never read: one for all readers
+
+    def __init__(self, connection: GuardedHttpProtocol, view: memoryview, arrived: Callable[[int], None]) -> None:
         self.connection = connection
-        self.cycle = cycle
         self.view = view
         self.filled = 0
-        self.arrived = arrived
+        self.arrived: Callable[[int], None] | None = arrived
         self.done: asyncio.Future[None] = connection.loop.create_future()
 
+    def finish(self) -> None:
+        # uvloop keeps a protocol's get_buffer after another takes its place, so the
+        # reader may outlive its read: the app's buffer is let go now.
+        self.view.release()
+        self.arrived = None
+
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.arrived is None:
+            return self._SCRATCH
         return self.view[self.filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.arrived is None:
+            return
         self.filled += nbytes
         try:
             self.arrived(nbytes)
         except Exception as exc:
-            self.connection._body_read(self, exc)
+            self.connection._end_body_read(self, exc)
             return
         if self.filled == len(self.view):
-            self.connection._body_read(self, None)
+            self.connection._end_body_read(self, None)
 
     def eof_received(self) -> None:
         self.connection.eof_received()  # the transport then closes: the body ends short
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connection._body_read(self, None)
+        self.connection._end_body_read(self, None)
         self.connection.connection_lost(exc)
 
     def pause_writing(self) -> None:

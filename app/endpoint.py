@@ -19,13 +19,12 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.compression import COMPRESSED, SMALLEST, answer_coding, compress
-from app.connections import BODY_INTO
 from app.errors import ClientGone, NotFound, ProblemError, cut, shown
 from app.inference import decode_oip
 from app.native import decode_native
 from app.paths import VERSION, compute_target, model_version
 from app.pipeline import Decoder, Runtime, run_operation
-from app.requests import Incoming
+from app.requests import BODY_INTO, Incoming
 from app.responses import Answer, Reply, internal_error, problem_of, problem_response
 from app.statistics import Timings
 

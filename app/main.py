@@ -67,6 +67,12 @@ def create_app(
     FastAPI wraps the list in its own error layer, and middleware added to the
     app later wraps it all, the pooling endpoint included.
 
+    Under `python -m app`, the connection (`app.connections`) offers the rest of
+    a large declared body straight from the socket into the endpoint's buffer
+    (the ASGI extension `pool.body_into`), bypassing `receive`. The endpoint
+    takes it only when the `receive` it was given is the connection's own: a
+    middleware that wraps `receive` turns it off and sees every chunk.
+
     Beside HTTP, the app's lifespan runs the protocol's gRPC server on
     `POOL_GRPC_PORT` (`app.inference_grpc`; 0 turns it off): another door to
     the same pipeline, with its own gate, which HTTP middleware does not wrap.

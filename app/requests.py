@@ -25,7 +25,11 @@ from app.codecs import Limits, Tensor
 from app.errors import BodyTooSlow, ClientGone, InvalidParameters, Overloaded, TooLarge, UndecodableBody, shown
 from app.operations import Operation
 
-# Fills a view with the rest of the body, calling back with each count of bytes that lands.
+# The ASGI extension by which a connection (`app.connections`) offers to read the rest of
+# a declared body straight into a buffer: {"receive": the `receive` it stands beside,
+# "into": a `BodyInto`}. The view must be exactly as long as what is left of the body;
+# the callback gets each count of bytes as it lands, and may raise to stop the read.
+BODY_INTO = "pool.body_into"
 BodyInto = Callable[[memoryview, Callable[[int], None]], Awaitable[int]]
 
 
@@ -35,7 +39,7 @@ class Incoming:
     empty), the ASGI `receive` that yields the body (and then waits for the client to
     leave), the time the transport gives it (a gRPC deadline), if any, and the
     connection's way to read the rest of a declared body straight into a buffer
-    (`app.connections.BODY_INTO`), if it offers one."""
+    (`BODY_INTO`), if it offers one."""
 
     headers: dict[str, str]
     query: QueryParams | None
@@ -66,7 +70,7 @@ _uninitialised = ctypes.pythonapi.PyByteArray_FromStringAndSize
 _uninitialised.restype = ctypes.py_object
 _uninitialised.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
 _RECYCLED_FROM = 1 << 20  # smaller bodies come from the allocator's pools cheaply
-_INTO_FROM = 1 << 18  # the least of a body left to read that is read straight into its buffer
+DIRECT_READ_FROM = 1 << 18  # the least of a body left to read that is read straight into its buffer
 
 
 class BodyBudget:
@@ -211,7 +215,7 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, keeper: 
                 body[received : received + count] = chunk
             received += count
             read.received = received
-            if more and incoming.body_into is not None and size is not None and size - received >= _INTO_FROM:
+            if more and incoming.body_into is not None and size is not None and size - received >= DIRECT_READ_FROM:
                 # The rest from the socket straight into the buffer, with no copy on the way.
                 await incoming.body_into(memoryview(body)[received:], arrived)
                 if received < size:
@@ -383,28 +387,32 @@ def _split_base64(raw: bytearray) -> tuple[dict[str, Any], memoryview] | None:
     return fields, decoded
 
 
-_CHUNK = 1 << 20  # base64 characters decoded at a time: a multiple of 4
+_BASE64_STEP = 1 << 20  # base64 characters decoded at a time: a multiple of 4
 
 
 def _decode_in_place(raw: bytearray, start: int, end: int) -> memoryview | None:
-    """The standard base64 `raw[start:end]` decoded into `raw` from `start` on, a chunk at
-    a time: bytes come out shorter than their text, so each chunk lands where text has
-    been read, and no second buffer as large as the tensor is needed. None, with `raw`
-    as it was, where the text is anything but standard and unbroken: padding ends it."""
+    """The standard base64 `raw[start:end]` decoded into `raw`, a step at a time: bytes
+    come out shorter than their text, so each step lands where text has been read, and
+    no second buffer as large as the tensor is needed. The bytes start at the 64-byte
+    boundary at or before `start` (what lies between has been parsed already), where a
+    `.npy`'s data come out aligned, as numpy reads them fastest. None, with `raw` as it
+    was, where the text is anything but standard and unbroken: padding ends it."""
     view = memoryview(raw)
-    at = start
-    for begin in range(start, end, _CHUNK):
-        stop = min(begin + _CHUNK, end)
+    at = first = start & ~63
+    before = bytes(view[first:start])
+    for begin in range(start, end, _BASE64_STEP):
+        stop = min(begin + _BASE64_STEP, end)
         try:
             part = pybase64.b64decode(view[begin:stop], validate=True)
         except ValueError:
             part = b""
-        if (stop < end and len(part) != _CHUNK // 4 * 3) or not part:  # padding inside the text, or not base64
-            raw[start:begin] = pybase64.b64encode(view[start:at])  # the text read so far, as it was
+        if (stop < end and len(part) != _BASE64_STEP // 4 * 3) or not part:  # padding inside the text, or not base64
+            raw[start:begin] = pybase64.b64encode(view[first:at])  # the text read so far, as it was
+            raw[first:start] = before
             return None
         view[at : at + len(part)] = part
         at += len(part)
-    return view[start:at]
+    return view[first:at]
 
 
 def decode_json_request(
@@ -420,6 +428,8 @@ def decode_json_request(
     names = ("input", *operation.family.extra_tensors)
     dtype, dtype_given = _request_dtype(fields)
     nested = any(_holds_numbers(fields.get(name)) for name in names)
+    # After a split, `raw` holds the decoded tensor where its text was: the letters counted
+    # then are not the document's, which can only make the exact check run.
     maybe_bools = nested and _loose_booleans(raw, fields, names)
     tensors = {}
     for name in names:

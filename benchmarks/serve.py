@@ -1,7 +1,8 @@
 """The service against its floors, workloads W1-W4, side by side in one run.
 
-Starts the service and a bare FastAPI baseline itself (uvicorn, uvloop,
-httptools, one worker, no access log, both alike) on loopback ports, then:
+Starts the service as deployed (`python -m app`, its JSON request log on) and
+its baselines (`benchmarks.baseline_app`) with the same server settings (uvicorn,
+uvloop, the service's connection protocol, one worker) on loopback ports, then:
 
 - W1 tiny: max2d k=2 on 1x1x4x4 float32, nested JSON, return_indices; wrk
   with 32 connections against the service and against the baseline, in
@@ -11,8 +12,9 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
   client, against orjson decode + max_pool2d + encode in process.
 - W3 large: max2d k=2 s=2 on 8x64x112x112 float32 (25.7 MB) as a raw .npy
   body (npz back) against np.load + max_pool2d + np.savez in process, and as
-  npy_base64 in JSON against the same with pybase64; the server's peak
-  memory growth while serving W3.
+  npy_base64 in JSON against the same with pybase64; how far a fresh
+  server's memory rises while it answers one W3 request, and its peak and
+  what it holds after many more.
 - W4 classifier head: global-avg2d on 32x512x7x7 float32 as npy_base64,
   against its in-process floor.
 - W1 traced: the service with OpenTelemetry on, exporting OTLP to a local sink.
@@ -20,13 +22,14 @@ httptools, one worker, no access log, both alike) on loopback ports, then:
   W3 as raw contents, against the same W3 as a raw .npy over REST and the floor.
 
 W2-W4 run the service, the in-process floor, HTTP alone (a plain ASGI app under
-the same uvicorn that reads the same body into one buffer, as the service does,
-and answers as many bytes) and a raw socket (`benchmarks.raw_transport`: the
-body received straight into a buffer, the same number of bytes sent back) in
-turn in every round, and compare the medians; the physical floor of W3 is the
-raw socket's time plus `max_pool2d`'s alone on a tensor in hand.
+the same server that reads the same body into one buffer, as the service does,
+the rest of a large one straight from the socket, and answers as many bytes)
+and a raw socket (`benchmarks.raw_transport`: the body received straight into
+a buffer, the same number of bytes sent back) in turn in every round, and
+compare the medians; the physical floor of W3 is the raw socket's time plus
+`max_pool2d`'s alone on a tensor in hand.
 
-    python benchmarks/serve.py [--threads N] [--repeat 15] [--seconds 5] [--rounds 3]
+    python benchmarks/serve.py [--threads N] [--repeat 15] [--seconds 5] [--rounds 3] [--only w1,grpc,w2,w3,w4]
     python benchmarks/serve.py --against ../old-checkout
 
 With `--against DIR` it compares this checkout's service with the one in
@@ -107,8 +110,8 @@ def server(
 ) -> Iterator[tuple[int, int]]:
     """(port, pid) of a uvicorn process serving `app` from the checkout at `root` (the
     service's gRPC server on `grpc_port`, if any), with these variables besides. The
-    service (`SERVICE`) runs as deployed, `python -m app`, its access log on; the
-    baselines under uvicorn's own command, with the same loop and HTTP parser."""
+    service (`SERVICE`) runs as deployed, `python -m app`, with its JSON request log;
+    the baselines (`benchmarks.baseline_app`) with the same server settings."""
     port = free_port()
     env = {**os.environ, "POOL_DEVICE": "cpu", "POOL_TORCH_THREADS": str(threads), "POOL_GRPC_PORT": str(grpc_port)}
     env.update({"POOL_HOST": "127.0.0.1", "POOL_PORT": str(port), "POOL_DRAIN_S": "0"}, **(environment or {}))
@@ -116,8 +119,7 @@ def server(
     if app == SERVICE:
         command = [sys.executable, "-m", "app"]
     else:
-        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        command = [sys.executable, "-m", "benchmarks.baseline_app", app, str(port)]
     # The server's logs (a JSON line per request, as deployed) go to a file, not the report.
     log = tempfile.NamedTemporaryFile("wb", prefix="pool-bench-", suffix=".log", delete=False)
     process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
@@ -362,6 +364,8 @@ def main() -> None:
         "--only", type=lambda text: set(text.lower().split(",")), default=set(WORKLOADS), help="e.g. w1,w3"
     )
     args = parser.parse_args()
+    if not args.only <= set(WORKLOADS):
+        parser.error(f"--only chooses from {', '.join(WORKLOADS)}")
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__} on {args.threads} threads, {os.cpu_count()} cores")
     workloads = Workloads(np.random.default_rng(0))
@@ -372,16 +376,14 @@ def main() -> None:
     tiny, medium, large_x = workloads.tiny, workloads.medium, workloads.large_x
     large_npy, large_b64, head_b64 = workloads.large_npy, workloads.large_b64, workloads.head_b64
 
-    if "w1" not in args.only:
-        pass
-    elif shutil.which("wrk"):
+    if "w1" in args.only and shutil.which("wrk"):
         # Rounds alternate between the servers, so a slow spell of a shared machine
         # falls on all of them; the medians of the rounds are compared.
         with (
             otlp_sink() as sink,
-            server("benchmarks.baseline_app:app", args.threads) as (base_port, _),
+            server("app", args.threads) as (base_port, _),
             server(SERVICE, args.threads) as (port, _),
-            server("benchmarks.baseline_app:minimal", args.threads) as (minimal_port, _),
+            server("minimal", args.threads) as (minimal_port, _),
             server(SERVICE, args.threads, environment={"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as (traced, _),
         ):
             ports = (base_port, port, minimal_port, traced)
@@ -408,7 +410,7 @@ def main() -> None:
             f"{'   traced (OTLP to a local sink), over untraced':<44} {with_traces['rps']:10.0f} {'':<5} "
             f"{ours['rps']:10.0f} {'':<5} {with_traces['rps'] / ours['rps']:6.2f}x"
         )
-    else:
+    elif "w1" in args.only:
         print("W1 skipped: wrk is not installed (apt-get install wrk)")
     tiny_x = np.array(orjson.loads(tiny)["input"], dtype=np.float32)
     tiny_message = infer_message("max2d", tiny_x, kernel_size=2, return_indices=True)
@@ -444,7 +446,7 @@ def main() -> None:
 
     json_type, npy_type, npz_type = "application/json", "application/x-npy", "application/x-npz"
     with (
-        server("benchmarks.baseline_app:transport", args.threads) as (transport_port, _),
+        server("transport", args.threads) as (transport_port, _),
         server(SERVICE, args.threads, grpc_port=grpc_port) as (port, _),
         raw_transport() as raw_port,
         torch.inference_mode(),
@@ -515,9 +517,9 @@ def memory_growth(
     threads: int, path: str, body: bytes, types: tuple[str, str], repeat: int, tensor_bytes: int, name: str, target: str
 ) -> None:
     """Prints how far a fresh server's resident memory rises while it answers its first
-    request of the workload (after a small one, which loads the code), and how much more
-    it holds after `repeat` more (what the allocator keeps for the next), against the
-    size of the tensor."""
+    request of the workload (after a small one, which loads the code), then its peak over
+    `repeat` more and what it holds after them (what the allocator keeps for the next),
+    against the size of the tensor."""
     with server(SERVICE, threads) as (port, pid):
         connection = http.client.HTTPConnection("127.0.0.1", port)
         post(connection, "/pool/max2d", b'{"input": [[[[1, 2], [3, 4]]]], "kernel_size": 2}', *JSON_TYPES)
@@ -527,12 +529,13 @@ def memory_growth(
         first = memory_kib(pid, "VmHWM") - before
         for _ in range(repeat):
             post(connection, path, body, *types)
-        held = memory_kib(pid, "VmRSS") - before
+        peak, held = memory_kib(pid, "VmHWM") - before, memory_kib(pid, "VmRSS") - before
         connection.close()
     tensor_mb = tensor_bytes / 2**20
     for what, kib, aim in (
         (f"{name}: memory growth of one request", first, f"  (target {target} the tensor)"),
-        (f"   held after {repeat} more", held, ""),
+        (f"   peak over {repeat} more", peak, ""),
+        ("   held after them", held, ""),
     ):
         mib = kib / 1024
         print(f"{what:<44} {mib:10.1f} {'MiB':<5} {tensor_mb:10.1f} {'MiB':<5} {mib / tensor_mb:6.2f}x{aim}")

@@ -1,5 +1,5 @@
 """A large declared body read from the socket straight into the app's buffer
-(`app.connections.BODY_INTO`): the bytes are exactly the body's, the connection
+(`app.requests.BODY_INTO`, offered by `app.connections`): the bytes are exactly the body's, the connection
 reads the next request where the body ends (keep-alive, pipelining), a read that
 stops early closes the connection after its answer, the pace and the budget hold
 as bytes arrive, and a middleware that wraps `receive` still sees every byte.
@@ -10,6 +10,7 @@ takes the extension itself; the service end to end as `python -m app` runs it.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import io
@@ -27,8 +28,9 @@ import torch
 import torch.nn.functional as F
 import uvicorn
 
-from app.connections import BODY_INTO, GuardedHttpProtocol
+from app.connections import GuardedHttpProtocol
 from app.main import create_app
+from app.requests import BODY_INTO
 from app.settings import Settings
 from tests.conftest import free_port, serving
 from tests.test_connections import _answers, _connect, _read_all
@@ -144,6 +146,14 @@ def test_a_request_pipelined_after_a_large_body_is_read_where_the_body_ends(read
     ]
 
 
+def test_an_http_1_0_body_comes_straight_in_and_the_connection_closes(reading):
+    body = _body(LARGE, 9)
+    with _connect(reading) as sock:
+        sock.sendall(b"POST / HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        (answer,) = _answers(_read_all(sock))
+    assert _json(answer)["direct"] > len(body) // 2 and _json(answer)["sha256"] == hashlib.sha256(body).hexdigest()
+
+
 def test_a_body_that_stops_early_closes_the_connection_after_its_answer(reading):
     body = _body(LARGE, 4)
     with _connect(reading) as sock:
@@ -181,7 +191,8 @@ def test_the_buffer_must_be_what_is_left_of_the_body():
     async def run() -> str:
         # A connection whose request declared 100 bytes: 40 parsed, 10 of them not yet received.
         protocol = object.__new__(GuardedHttpProtocol)
-        protocol.cycle = type("Cycle", (), {"body": bytearray(10), "response_complete": False})()  # type: ignore[assignment]
+        fields = {"body": bytearray(10), "response_complete": False, "waiting_for_100_continue": False}
+        protocol.cycle = type("Cycle", (), fields)()  # type: ignore[assignment]
         protocol._reader = None
         protocol._declared, protocol._body_parsed = 100, 40
         with pytest.raises(ValueError, match="70 of the body are left"):
@@ -240,6 +251,9 @@ def test_a_middleware_that_wraps_receive_sees_every_byte(monkeypatch):
             direct.clear()
             answer = _post_npy(f"http://127.0.0.1:{port}", body)
             assert np.array_equal(answer, expected)
+            # Nothing views the buffer once the answer is out: it is kept for the next body.
+            spare = app.state.runtime.bodies._spare
+            assert spare is not None and len(spare) == len(body)
         finally:
             server.should_exit = True
             thread.join(timeout=10)
@@ -326,6 +340,29 @@ def test_the_service_takes_a_large_body_after_100_continue_and_gzip(service):
     assert status == 200 and np.array_equal(np.load(io.BytesIO(content)), expected)
     packed = gzip.compress(body, compresslevel=1)
     assert np.array_equal(_post_npy(service, packed, **{"content-encoding": "gzip"}), expected)
+
+
+def test_the_service_decodes_a_large_npy_base64_in_place_or_falls_back_exactly(service):
+    """Text of several decoding steps: standard, decoded in place; URL-safe with its first
+    step plain (zeros), so the step that fails is undone and the whole is read again;
+    padding in a later step, refused."""
+    x = np.zeros((4, 16, 96, 96), dtype=np.float32)
+    x[2:] = np.random.default_rng(16).standard_normal((2, 16, 96, 96))
+    expected = F.max_pool2d(torch.from_numpy(x), 2).numpy()
+    raw = _npy(x)
+    standard, url_safe = base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()
+    assert "-" not in url_safe[: 2**20] and "-" in url_safe[2**20 :]
+    padded_inside = standard[: 2**20 + 100] + "==" + standard[2**20 + 102 :]
+    with httpx.Client(timeout=30) as client:
+        for text, status in ((standard, 200), (url_safe, 200), (padded_inside, 400)):
+            document = {"input": {"npy_base64": text}, "kernel_size": 2, "output_encoding": "npy_base64"}
+            response = client.post(f"{service}/pool/max2d", json=document)
+            assert response.status_code == status, response.text
+            if status == 200:
+                out = np.load(io.BytesIO(base64.b64decode(response.json()["output"]["npy_base64"])))
+                assert np.array_equal(out, expected)
+            else:
+                assert "not valid base64" in response.json()["detail"]
 
 
 def test_the_service_holds_a_large_body_to_its_pace(service):
