@@ -314,23 +314,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return length
 
     def _end_body_read(self, reader: _BodyReader, error: BaseException | None) -> None:
-        """Ends `reader`'s read. With the body whole, the transport goes back to HTTP and
-        the next request's head is parsed afresh. Otherwise the reader stays on the
-        transport, throwing away whatever arrives, until the connection closes after the
-        answer: the parser no longer knows where the body ends, so nothing more is read
-        as a request."""
+        """Ends `reader`'s read. With the body whole on a connection that stays open, the
+        transport goes back to HTTP and the next request's head is parsed afresh.
+        Otherwise the reader stays on the transport, throwing away whatever arrives, until
+        the connection closes after the answer: after `Connection: close` nothing more is
+        a request (as uvicorn's parser, lenient after close, has it), and after a body cut
+        short the parser no longer knows where the body ends."""
         if self._reader is not reader:
             return
         self._reader = None
         whole = reader.filled == len(reader.view)
         reader.finish()
-        if whole:
+        if not whole:
+            self.cycle.keep_alive = False
+        elif self.cycle.keep_alive:
             self.parser = self._fresh_parser()
             if not self.transport.is_closing():
                 self.transport.set_protocol(self)
+        if whole:
             self.on_message_complete()
-        else:
-            self.cycle.keep_alive = False
         if not reader.done.done():
             if error is None:
                 reader.done.set_result(None)

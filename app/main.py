@@ -55,6 +55,13 @@ def create_app(
 ) -> FastAPI:
     """The service. A request passes, top to bottom:
 
+    0. Under `python -m app` (on the uvicorn releases `app.connections` is built
+       on), each connection offers the rest of a large declared body straight
+       from the socket into the endpoint's buffer, bypassing `receive` (the ASGI
+       extension `app.requests.BODY_INTO`). The endpoint takes it only when the
+       `receive` it was given is the connection's own: a middleware that wraps
+       `receive` turns it off and sees every chunk. Elsewhere (`uvicorn
+       app.main:app`, tests) it is not offered and bodies come through `receive`;
     1. CORS, where origins are configured: a browser's preflight is answered
        here, before any key is asked for;
     2. the gate (`app.gate`): request id, API key, security headers, metrics
@@ -66,12 +73,6 @@ def create_app(
 
     FastAPI wraps the list in its own error layer, and middleware added to the
     app later wraps it all, the pooling endpoint included.
-
-    Under `python -m app`, the connection (`app.connections`) offers the rest of
-    a large declared body straight from the socket into the endpoint's buffer
-    (the ASGI extension `pool.body_into`), bypassing `receive`. The endpoint
-    takes it only when the `receive` it was given is the connection's own: a
-    middleware that wraps `receive` turns it off and sees every chunk.
 
     Beside HTTP, the app's lifespan runs the protocol's gRPC server on
     `POOL_GRPC_PORT` (`app.inference_grpc`; 0 turns it off): another door to

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -328,7 +329,7 @@ def _holds_numbers(value: Any) -> bool:
 _COUNTED_BELOW = 4096
 
 
-def _occurs_more_than(raw: bytearray, byte: bytes, times: int) -> bool:
+def _occurs_more_than(raw: bytes | bytearray, byte: bytes, times: int) -> bool:
     """Whether `byte` occurs more than `times` times; each look is a memchr, and it
     stops at times + 1, so a body of numbers costs one pass. A small body is counted
     in one call instead: there the loop costs more than the bytes (count is a plain
@@ -343,7 +344,7 @@ def _occurs_more_than(raw: bytearray, byte: bytes, times: int) -> bool:
     return True
 
 
-def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, ...]) -> bool:
+def _loose_booleans(raw: bytes | bytearray, fields: dict[str, Any], tensors: tuple[str, ...]) -> bool:
     """Whether `true` or `false` may stand inside a tensor, where numpy would read
     them as 1 and 0: the body holds more t or f letters than the rest of the
     document spells (numbers never do). Without escapes the letters of the body and
@@ -356,14 +357,18 @@ def _loose_booleans(raw: bytearray, fields: dict[str, Any], tensors: tuple[str, 
 
 _LARGE_BASE64 = 1 << 16
 _BASE64_KEY = re.compile(rb'"npy_base64"\s*:\s*"')
-_SLOT = "\x00"  # cannot stand unescaped in JSON, so no client sends it
+# What stands in the value's place: no client can write it, so a later key with the same
+# name (the last one counts, as orjson reads JSON) shows as a value that is not it.
+_SLOT = "\x00" + str(secrets.randbits(64))  # digits: no t or f to count as booleans
+_SLOT_TEXT = orjson.dumps(_SLOT)[1:-1]
 
 
-def _split_base64(raw: bytearray) -> tuple[dict[str, Any], memoryview] | None:
-    """A large `npy_base64` input decoded straight from the raw body, and the rest
-    parsed: orjson would otherwise build a Python string as large as the tensor only
-    for it to be decoded. Taken only where the cut provably is the input's value and
-    is plain base64 (no escapes, no whitespace); anything else gets the full parse."""
+def _split_base64(raw: bytearray) -> tuple[dict[str, Any], memoryview, bytes] | None:
+    """A large `npy_base64` input decoded in the raw body, the rest parsed, and the
+    document's text without the value (the body no longer holds it): orjson would
+    otherwise build a Python string as large as the tensor only for it to be decoded.
+    Taken only where the cut provably is the input's value and is plain base64 (no
+    escapes, no whitespace); anything else gets the full parse."""
     # The key comes before its value, so a large value's key is near the start;
     # a body of numbers is not searched to its end.
     key = raw.find(b'"npy_base64"', 0, _LARGE_BASE64)
@@ -374,9 +379,9 @@ def _split_base64(raw: bytearray) -> tuple[dict[str, Any], memoryview] | None:
     end = raw.find(b'"', start)
     if end - start < _LARGE_BASE64 or raw.find(b"\\", start, end) >= 0:
         return None
-    rest = bytes(raw[:start]) + b"\\u0000" + bytes(raw[end:])
+    before, after = bytes(raw[:start]), bytes(raw[end:])
     try:
-        fields = orjson.loads(rest)
+        fields = orjson.loads(before + _SLOT_TEXT + after)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(fields, dict) or fields.get("input") != {"npy_base64": _SLOT}:
@@ -384,7 +389,7 @@ def _split_base64(raw: bytearray) -> tuple[dict[str, Any], memoryview] | None:
     decoded = _decode_in_place(raw, start, end)
     if decoded is None:
         return None
-    return fields, decoded
+    return fields, decoded, before + after
 
 
 _BASE64_STEP = 1 << 20  # base64 characters decoded at a time: a multiple of 4
@@ -420,17 +425,18 @@ def decode_json_request(
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The fields of a JSON body and its tensors, decoded (those that are there)."""
     split = _split_base64(raw)
+    document: bytes | bytearray = raw
     if split is not None:
-        fields, decoded = split
+        # The body now holds the decoded tensor where its text was: the rest of the
+        # document, as parsed, is what any booleans are counted in.
+        fields, decoded, document = split
         fields["input"] = {"npy_base64": decoded}  # a view of the body: already decoded
     else:
         fields = parse_json_body(raw)
     names = ("input", *operation.family.extra_tensors)
     dtype, dtype_given = _request_dtype(fields)
     nested = any(_holds_numbers(fields.get(name)) for name in names)
-    # After a split, `raw` holds the decoded tensor where its text was: the letters counted
-    # then are not the document's, which can only make the exact check run.
-    maybe_bools = nested and _loose_booleans(raw, fields, names)
+    maybe_bools = nested and _loose_booleans(document, fields, names)
     tensors = {}
     for name in names:
         if fields.get(name) is None:

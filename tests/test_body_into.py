@@ -426,3 +426,64 @@ def test_the_service_refuses_a_large_body_past_the_budget_as_it_arrives(service)
             sock.close()
     time.sleep(0.5)
     assert np.array_equal(_post_npy(service, body), expected)
+
+
+def test_bytes_after_a_closing_request_are_not_a_request(reading):
+    """After `Connection: close` (or HTTP/1.0) nothing that follows the body is read as a
+    request, as uvicorn's own parser has it: the answer still comes."""
+    body = _body(LARGE, 11)
+    for request in (
+        _request(body, extra=b"Connection: close\r\n") + b" ",
+        b"POST / HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body) + body + b"\x00garbage" + b"x" * 50_000,
+        _request(body, extra=b"Connection: close\r\n") + _request(b"{}"),
+    ):
+        with _connect(reading) as sock:
+            sock.sendall(request)
+            (answer,) = _answers(_read_all(sock))
+        assert _json(answer)["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+# ---------------------------------------------------------------- npy_base64 decoded in the body
+
+
+def _unpool_body(prefix: str, indices: str) -> bytearray:
+    x = np.zeros((1, 1, 128, 128), np.int64)  # its bytes hold no t or f
+    text = base64.b64encode(_npy(x)).decode()
+    return bytearray(f'{{{prefix}"input":{{"npy_base64":"{text}"}},"indices":{indices},"kernel_size":2}}'.encode())
+
+
+def test_booleans_beside_a_large_npy_base64_are_refused():
+    """The letters counted for booleans are the document's, not the decoded bytes that now
+    stand where its text was (and over the keys just before it)."""
+    from app.codecs import Limits
+    from app.errors import UndecodableBody
+    from app.operations import OPERATIONS
+    from app.requests import decode_json_request
+
+    positions = (np.arange(128)[:, None] * 512 + np.arange(128)[None, :] * 2).reshape(1, 1, 128, 128)
+    indices = orjson.dumps(positions.tolist()).decode().replace("[[[[0,2,4,", "[[[[true,true,true,", 1)
+    limits = Limits(max_elements=10**8, max_ndim=8, max_work=10**12)
+    with pytest.raises(UndecodableBody, match="holds true"):
+        decode_json_request(_unpool_body('"output_encoding":"flat",', indices), OPERATIONS["max-unpool2d"], limits)
+    _, tensors = decode_json_request(
+        _unpool_body('"output_encoding":"flat",', orjson.dumps(positions.tolist()).decode()),
+        OPERATIONS["max-unpool2d"],
+        limits,
+    )
+    assert np.array_equal(tensors["indices"].array, positions)
+
+
+def test_a_repeated_npy_base64_key_counts_its_last_value_as_json_does():
+    from app.codecs import Limits
+    from app.errors import UndecodableBody
+    from app.operations import OPERATIONS
+    from app.requests import decode_json_request
+
+    text = base64.b64encode(_npy(np.ones((1, 1, 128, 128), np.float32))).decode()
+    limits = Limits(max_elements=10**8, max_ndim=8, max_work=10**12)
+    for body in (
+        f'{{"input":{{"npy_base64":"{text}","npy_base64":"\\u0000"}},"kernel_size":2}}',
+        f'{{"input":{{"npy_base64":"{text}"}},"input":{{"npy_base64":"\\u0000"}},"kernel_size":2}}',
+    ):
+        with pytest.raises(UndecodableBody):  # "\x00" is what orjson reads: no .npy
+            decode_json_request(bytearray(body.encode()), OPERATIONS["max2d"], limits)
