@@ -168,7 +168,11 @@ def post(
     extra: dict[str, str] | None = None,
 ) -> bytes:
     headers = {"Content-Type": content_type, "Accept": accept, **(extra or {})}
-    connection.request("POST", path, body=body, headers=headers)
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+    except (BrokenPipeError, ConnectionResetError):  # closed while idle (keep-alive timeout): again
+        connection.close()
+        connection.request("POST", path, body=body, headers=headers)
     response = connection.getresponse()
     data = response.read()
     if response.status != 200:
