@@ -327,11 +327,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         reader.finish()
         if not whole:
             self.cycle.keep_alive = False
-        elif self.cycle.keep_alive:
-            self.parser = self._fresh_parser()
-            if not self.transport.is_closing():
-                self.transport.set_protocol(self)
-        if whole:
+        else:
+            if self.cycle.keep_alive:
+                self.parser = self._fresh_parser()
+                if not self.transport.is_closing():
+                    self.transport.set_protocol(self)
             self.on_message_complete()
         if not reader.done.done():
             if error is None:
