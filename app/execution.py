@@ -33,7 +33,18 @@ PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
 
 
 _INFERENCE = threading.local()
-_RUNNING = threading.local()  # `stop`: the event that ends the computation this thread runs
+
+
+class _Running(threading.local):
+    """What ends the computation this thread runs: `stop`, set when nobody waits for it
+    any more, and its request's `deadline`; None where there is none (the event loop's
+    inline work)."""
+
+    stop: threading.Event | None = None
+    deadline: float | None = None
+
+
+_RUNNING = _Running()
 
 
 class Stopped(Exception):
@@ -43,10 +54,10 @@ class Stopped(Exception):
 def checkpoint() -> None:
     """Between two pieces of a computation: end it here if nobody waits for it any more, or
     if its request's own deadline (`set_deadline`) has passed."""
-    stop = getattr(_RUNNING, "stop", None)
+    stop = _RUNNING.stop
     if stop is not None and stop.is_set():
         raise Stopped
-    deadline = getattr(_RUNNING, "deadline", None)
+    deadline = _RUNNING.deadline
     if deadline is not None and time.monotonic() > deadline:
         raise TimedOut("the computation ran past the request's timeout")
 

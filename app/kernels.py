@@ -65,7 +65,8 @@ def max_compute(x: torch.Tensor, p: MaxParams, plan: Plan, extra: Extra) -> Resu
         return windows.max_windows(x, w, p.return_indices)
     # torch's integer max_pool1d exists only in its with-indices form.
     with_indices = p.return_indices or (rank == 1 and not x.is_floating_point())
-    result = _MAX[rank](x, w.kernel, w.stride, w.torch_padding, w.dilation, w.ceil_mode, with_indices)
+    kernel, stride, padding, dilation = w.torch_args
+    result = _MAX[rank](x, kernel, stride, padding, dilation, w.ceil_mode, with_indices)
     if with_indices:
         out, indices = result
         return out, indices if p.return_indices else None
@@ -94,7 +95,8 @@ def avg_compute(x: torch.Tensor, p: AvgParams, plan: Plan, extra: Extra) -> Resu
                 p.divisor_override,
             )
             return out.squeeze(-2), None
-        return _AVG[rank](x, w.kernel, w.stride, w.torch_padding, w.ceil_mode, include_pad, p.divisor_override), None
+        kernel, stride, padding, _ = w.torch_args
+        return _AVG[rank](x, kernel, stride, padding, w.ceil_mode, include_pad, p.divisor_override), None
     sums = windows.sum_windows(x, w)
     if p.divisor_override is not None:
         return sums / p.divisor_override, None

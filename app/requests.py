@@ -191,9 +191,10 @@ async def read_body(incoming: Incoming, limit: int, budget: BodyBudget, keeper: 
     received, more = 0, True
     receive = incoming.receive
     assert receive is not None, "a body to read comes with its receive"
-    reader = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.current_task(loop)
     assert reader is not None
-    read = keeper.watch(reader, asyncio.get_running_loop())
+    read = keeper.watch(reader, loop)
 
     def arrived(count: int) -> None:
         nonlocal received

@@ -13,6 +13,8 @@ import zipfile
 import numpy as np
 import orjson
 import pytest
+import torch
+import torch.nn.functional as F
 
 from app import pipeline
 from tests.conftest import assert_problem, json_post_scope, npy_bytes
@@ -308,3 +310,22 @@ def test_protocol_flags_are_booleans_and_binary_data_is_all_spoken_for(client):
         "/v2/models/max2d/infer", content=body, headers={"inference-header-content-length": str(len(header))}
     )
     assert_problem(response, 400, detail_has="5 bytes")
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "ok"),
+    [
+        ([[[70000, 1]]], "float16", False),  # integers past float16's range: not a silent infinity
+        ([[[65504, 1]]], "float16", True),
+        ([[[1e39, 1.0]]], "float32", False),
+        ([[[2**62, 1]]], "float32", True),  # every int64 is within float32's range
+    ],
+)
+def test_json_numbers_outside_the_dtypes_range_are_422(client, values, dtype, ok):
+    response = client.post("/pool/max1d", json={"input": values, "kernel_size": 2, "dtype": dtype})
+    if ok:
+        assert response.status_code == 200
+        expected = F.max_pool1d(torch.tensor(values, dtype=getattr(torch, dtype)), 2).numpy()
+        np.testing.assert_array_equal(np.array(response.json()["output"], dtype=expected.dtype), expected)
+    else:
+        assert_problem(response, 422, loc=["body", "input"])
