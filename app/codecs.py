@@ -250,17 +250,21 @@ def _cast(array: np.ndarray, dtype: str, loc: tuple[str | int, ...], source: lis
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidParameters.at(loc, f"a value does not fit {dtype} ({info.min} to {info.max})", "dtype")
         return array.astype(target, copy=False)
-    if dtype == "bfloat16" and array.size and array.dtype.kind == "f":
-        finite = array[np.isfinite(array)]
+    if _within_range(array.dtype, target):
+        carried = array.astype(target, copy=False)  # nothing to overflow: no error state to set
+    else:
+        try:
+            with np.errstate(over="raise"):
+                carried = array.astype(target, copy=False)
+        except (FloatingPointError, OverflowError, TypeError):
+            raise InvalidParameters.at(loc, f"a value is outside the range of {dtype}", "dtype") from None
+    if dtype == "bfloat16" and carried.size:
+        # Checked in the float32 that carries it, which torch then rounds: whatever the
+        # JSON numbers were (floats, or integers too large for int64), as torch will see them.
+        finite = carried[np.isfinite(carried)]
         if finite.size and float(np.abs(finite).max()) >= _BFLOAT16_INFINITE_FROM:
             raise InvalidParameters.at(loc, "a value is outside the range of bfloat16", "dtype")
-    if _within_range(array.dtype, target):
-        return array.astype(target, copy=False)  # nothing to overflow: no error state to set
-    try:
-        with np.errstate(over="raise"):
-            return array.astype(target, copy=False)
-    except (FloatingPointError, OverflowError, TypeError):
-        raise InvalidParameters.at(loc, f"a value is outside the range of {dtype}", "dtype") from None
+    return carried
 
 
 @functools.cache

@@ -286,6 +286,10 @@ def test_bfloat16_values_that_round_to_infinity_are_422(client):
     assert_problem(client.post("/pool/max1d", json=document), 422, loc=["body", "input"])
     fits = {"input": [[[3.38e38, 1.0]]], "kernel_size": 2, "dtype": "bfloat16"}
     assert client.post("/pool/max1d", json=fits).status_code == 200
+    # An integer too large for int64 is read as a Python int: the same range holds.
+    document = b'{"input": [[[%d, 1]]], "kernel_size": 2, "dtype": "bfloat16"}' % int(3.399e38)
+    response = client.post("/pool/max1d", content=document, headers={"content-type": "application/json"})
+    assert_problem(response, 422, loc=["body", "input"])
 
 
 def test_a_dtype_that_disagrees_with_the_tensor_is_located_at_dtype(client):
