@@ -22,6 +22,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.batching import Batcher
 from app.codecs import Limits
 from app.docs import install_docs, install_playground
 from app.endpoint import PoolEndpoint
@@ -163,6 +164,7 @@ def build_runtime(settings: Settings, operations: dict[str, Operation], tracer: 
         metrics=metrics,
         access_log=AccessLog(enabled=logging.getLogger("app.access").isEnabledFor(logging.INFO)),
         statistics=InferenceStatistics(list(operations)),
+        batcher=Batcher(executor, settings.max_batch),
         tracer=tracer,
     )
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -44,6 +44,9 @@ from app.requests import BodyBudget, Incoming, PaceKeeper, disconnected, read_bo
 from app.statistics import InferenceStatistics, Timings
 from app.telemetry import AccessLog, Metrics
 
+if TYPE_CHECKING:
+    from app.batching import Batcher
+
 log = logging.getLogger("app.pipeline")
 R = TypeVar("R")  # a door's answer
 B = TypeVar("B", bytes, bytearray)  # a door's body
@@ -65,6 +68,7 @@ class Runtime:
     metrics: Metrics
     access_log: AccessLog
     statistics: InferenceStatistics
+    batcher: Batcher
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     tracer: Tracer | None = None  # None: tracing is off (`app.tracing`)
 
@@ -180,6 +184,8 @@ async def _answer(
     if not isinstance(job, Job):
         return job
     if job.plan.work <= runtime.inline_max_work:
+        if runtime.batcher.takes(job):
+            return await runtime.batcher.submit(job)
         return executor.inline(finish, job)
     timeout = None if decoded.timeout_s is None else decoded.timeout_s - (time.monotonic() - arrived)
     if timeout is not None and timeout <= 0:
@@ -296,13 +302,22 @@ def finish(job: Job[R]) -> R:
     except InvalidParameters as problem:
         raise problem.located(job.decoded.locate, job.decoded.source) from None
     checkpoint()
+    if timings is not None:
+        timings.execution = 1
+    return encoded(job, out, indices, computing, time.perf_counter_ns())
+
+
+def encoded(job: Job[R], out: np.ndarray, indices: np.ndarray | None, computing: int, computed: int) -> R:
+    """The job's answer to its `out` and `indices`, computed from `computing` to `computed`
+    (perf_counter_ns), with its phases counted."""
+    timings = job.timings
     encoding = time.perf_counter_ns()
     answer = job.decoded.encode(job, out, indices)
     if timings is not None:
-        timings.compute_infer, timings.compute_output = encoding - computing, time.perf_counter_ns() - encoding
+        timings.compute_infer, timings.compute_output = computed - computing, time.perf_counter_ns() - encoding
         timings.computed = True
         if timings.marks is not None:
-            timings.marks += [("compute", computing, encoding), ("encode", encoding, time.perf_counter_ns())]
+            timings.marks += [("compute", computing, computed), ("encode", encoding, time.perf_counter_ns())]
             timings.details = {
                 "pool.op": job.operation.name,
                 "pool.dtype": job.tensors["input"].dtype,
@@ -358,11 +373,13 @@ def check_input(
     return layout
 
 
-def compute(job: Job[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Runs where the job runs: to the device in torch's layout, pool, back in the request's."""
+def compute(job: Job[Any], batch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Runs where the job runs: to the device in torch's layout, pool, back in the request's;
+    on `batch` in place of the job's input, where a batch of jobs like it runs as one
+    (`app.batching`)."""
     executor, operation, params, layout = job.executor, job.operation, job.params, job.layout
     x = job.tensors["input"]
-    tensor = layout.canonical(executor.to_device(x.array, x.dtype))
+    tensor = layout.canonical(executor.to_device(x.array if batch is None else batch, x.dtype))
     extra = {
         name: layout.canonical(executor.to_device(job.tensors[name].array, "int64"))
         for name in operation.family.extra_tensors

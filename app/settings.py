@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         description="Computations whose plan visits at most this many cells run on the event loop: a thread hop "
         "would cost more than they do. Anything more goes to the compute pool.",
     )
+    max_batch: int = Field(
+        32,
+        ge=1,
+        description="Most small requests of the same plan (op, parameters, shape, dtype) that arrive together "
+        "and are pooled in one torch call, joined along their batch dimension; 1 pools each alone.",
+    )
     max_work: int = Field(
         1_000_000_000,
         ge=1,

@@ -7,7 +7,8 @@ Every request for an op whose body arrived counts, through either door (`/pool/{
 protocol's infer), from the moment its body is in: a refusal before that (a limit, the pace,
 an encoding) never reached the model, and a dry run is no inference. Phases are measured where they
 happen, on the event loop or in a pool thread, into the request's `Timings`; `record` adds
-them under a lock.
+them under a lock. Requests pooled together in one torch call (`app.batching`) are one
+execution: `execution_count` and `batch_stats` count those.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Timings:
         "computed",
         "details",
         "dry_run",
+        "execution",
         "marks",
         "queue",
         "queued_at",
@@ -44,6 +46,9 @@ class Timings:
         self.marks: list[tuple[str, int, int]] | None = [] if traced else None
         self.details: dict[str, Any] | None = None
         self.computed = False  # a computation ran to its end
+        # The size of the batch whose one execution this request counts (1: it ran alone);
+        # 0 for the others of a batch, whose execution the first counts (`app.batching`).
+        self.execution = 0
         self.dry_run = False  # a dry run, even a refused one, is no inference
 
     def started(self) -> None:
@@ -63,7 +68,7 @@ class Timings:
 
 
 class _Model:
-    __slots__ = ("fail", "inferences", "last_ms", "success", "times")
+    __slots__ = ("batches", "executions", "fail", "inferences", "last_ms", "success", "times")
 
     def __init__(self) -> None:
         self.inferences = 0  # each counts every phase once
@@ -71,6 +76,8 @@ class _Model:
         self.success = [0, 0]  # count, ns
         self.fail = [0, 0]
         self.times = [0] * len(PHASES)  # ns, in PHASES' order
+        self.executions = 0  # computations: a batch of requests is one
+        self.batches: dict[int, list[int]] = {}  # batch size: [executions, ns computing]
 
 
 class InferenceStatistics:
@@ -94,6 +101,11 @@ class InferenceStatistics:
                 times[1] += timings.compute_input
                 times[2] += timings.compute_infer
                 times[3] += timings.compute_output
+                if timings.execution:
+                    model.executions += 1
+                    batch = model.batches.setdefault(timings.execution, [0, 0])
+                    batch[0] += 1
+                    batch[1] += timings.compute_infer
 
     def report(self, op: str, version: str) -> dict[str, Any]:
         """One model's entry of `model_stats`, in Triton's form."""
@@ -107,7 +119,7 @@ class InferenceStatistics:
                 "version": version,
                 "last_inference": model.last_ms,
                 "inference_count": model.inferences,
-                "execution_count": model.inferences,  # no batching: one execution per inference
+                "execution_count": model.executions,
                 "inference_stats": {
                     "success": {"count": model.success[0], "ns": model.success[1]},
                     "fail": {"count": model.fail[0], "ns": model.fail[1]},
@@ -115,6 +127,11 @@ class InferenceStatistics:
                     "cache_hit": {"count": 0, "ns": 0},
                     "cache_miss": {"count": 0, "ns": 0},
                 },
-                "batch_stats": [],
+                # Per batch size, its executions and the time they took to pool (what a
+                # batch's assembly and answers take is counted in each request's phases).
+                "batch_stats": [
+                    {"batch_size": size, "compute_infer": {"count": count, "ns": ns}}
+                    for size, (count, ns) in sorted(model.batches.items())
+                ],
                 "memory_usage": [],
             }
