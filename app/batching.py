@@ -9,11 +9,13 @@ result, encoded as it asked. Nothing waits for a batch to fill: the batch runs
 once the requests already in hand have had their turn, so a lone request is
 pooled as soon as it would have been, and a busy server pools several at once.
 
-Only families whose planes are independent take part (no whole-tensor step
-before the pieces, no tensors besides the input), and not when indices are asked
-for in the global layout, which counts across the batch; those run alone, as do
-requests without a batch dimension. Triton's statistics count a batch as one
-execution (`app.statistics`).
+Only families whose every plane comes out bit for bit the same wherever it lies
+in the tensor take part (`Family.batchable`), and only C-ordered inputs (torch
+reads another order by another path, which may sum in another order); indices
+asked for in the global layout, which count across the batch, and inputs without
+a batch dimension run alone, as do requests whose parameters are not cached
+(`POOL_PLAN_CACHE_SIZE`). Triton's statistics count a batch as one execution
+(`app.statistics`).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ class Batcher:
         """Whether `job` may share a torch call with others of its plan."""
         return (
             self._max_batch > 1
+            and job.operation.family.batchable
             and job.layout.batched
-            and not job.operation.family.extra_tensors
-            and job.operation.before_pieces is None
+            and job.tensors["input"].array.flags.c_contiguous
             and not job.params.global_indices()
         )
 
@@ -64,6 +66,13 @@ class Batcher:
         if self._open.get(key) is batch:
             del self._open[key]
         waiting = [(job, answer) for job, answer in batch if not answer.done()]  # not cancelled
+        try:
+            self._answer(waiting)
+        finally:  # whatever escaped, no request is left waiting for an answer that will not come
+            for _, answer in waiting:
+                _settle(answer, RuntimeError("the batch this request was pooled in ended without its answer"))
+
+    def _answer(self, waiting: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
         if len(waiting) > 1:
             try:
                 answers = self._executor.inline(_together, [job for job, _ in waiting])
@@ -81,12 +90,16 @@ class Batcher:
 
 
 def _settle(answer: asyncio.Future[Any], result: Any) -> None:
+    """The answer, or the exception, for a request still waiting."""
     if answer.done():
         return
-    if isinstance(result, Exception):
-        answer.set_exception(result)
-    else:
+    if not isinstance(result, BaseException):
         answer.set_result(result)
+        return
+    try:
+        answer.set_exception(result)
+    except TypeError:  # StopIteration, which a future cannot carry
+        answer.set_exception(RuntimeError(f"the computation raised {type(result).__name__}"))
 
 
 def _together(jobs: list[Job[Any]]) -> list[Any]:

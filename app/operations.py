@@ -93,6 +93,10 @@ class Family(Generic[P]):
     # Before the planes are split into pieces: what depends on the whole tensor, as
     # extra tensors that are split along with it (`app.kernels`).
     before_pieces: BeforePiecesFn[P] | None = None
+    # Whether small requests of one plan may be pooled in one call (`app.batching`): true
+    # where each plane's result is bit for bit the same wherever the plane lies in the
+    # tensor. Not Lp: torch's vectorised pow rounds differently from its scalar tail.
+    batchable: bool = False
     examples: Callable[[int], dict[str, dict[str, Any]]] = field(default=lambda rank: {})
     meaning: str = ""  # what it computes and what it is for, for the docs
 
@@ -143,6 +147,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.max_examples,
+        batchable=True,
         meaning=(
             "Each window keeps only its largest value: the strongest response of a feature survives while its"
             " exact position within the window is forgotten, which makes the map smaller and slightly shift-"
@@ -158,6 +163,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         planning.averaging_plan,
         Kernel("avg_compute"),
         examples=examples.avg_examples,
+        batchable=True,
         meaning=(
             "Each window is replaced by the mean of its cells: every value contributes, so it smooths and "
             "mixes rather than selects, and keeps the overall level of the map."
@@ -188,6 +194,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.adaptive_max_examples,
+        batchable=True,
         meaning=(
             "Max pooling with windows chosen so the output has a given size whatever the input size: window i"
             " spans [floor(i·L/n), ceil((i+1)·L/n))."
@@ -202,6 +209,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         planning.adaptive_plan,
         Kernel("adaptive_avg_compute"),
         examples=examples.adaptive_avg_examples,
+        batchable=True,
         meaning="Average pooling with windows chosen so the output has a given size whatever the input size.",
     ),
     Family(
@@ -215,6 +223,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         dtypes=DTYPES,
         has_indices=True,
         examples=examples.global_examples,
+        batchable=True,
         meaning=(
             "The largest value of each channel over all its positions: one number per feature map, whatever its size."
         ),
@@ -228,6 +237,7 @@ FAMILIES: tuple[Family[Any], ...] = (
         planning.global_plan,
         Kernel("global_avg_compute"),
         examples=examples.global_examples,
+        batchable=True,
         meaning=(
             "The mean of each channel over all its positions: one number per feature map. Ahead of a "
             "classifier it replaces flattening and a large dense layer: no weights, any input size, less "

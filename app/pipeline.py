@@ -311,10 +311,12 @@ def encoded(job: Job[R], out: np.ndarray, indices: np.ndarray | None, computing:
     """The job's answer to its `out` and `indices`, computed from `computing` to `computed`
     (perf_counter_ns), with its phases counted."""
     timings = job.timings
+    if timings is not None:
+        timings.compute_infer = computed - computing
     encoding = time.perf_counter_ns()
     answer = job.decoded.encode(job, out, indices)
     if timings is not None:
-        timings.compute_infer, timings.compute_output = computed - computing, time.perf_counter_ns() - encoding
+        timings.compute_output = time.perf_counter_ns() - encoding
         timings.computed = True
         if timings.marks is not None:
             timings.marks += [("compute", computing, computed), ("encode", encoding, time.perf_counter_ns())]

@@ -93,6 +93,11 @@ class InferenceStatistics:
             totals = model.success if ok else model.fail
             totals[0] += 1
             totals[1] += elapsed_ns
+            if timings.execution:  # ran, whether this request's own answer then failed or not
+                model.executions += 1
+                batch = model.batches.setdefault(timings.execution, [0, 0])
+                batch[0] += 1
+                batch[1] += timings.compute_infer
             if ok:
                 model.inferences += 1
                 model.last_ms = time.time_ns() // 1_000_000
@@ -101,11 +106,6 @@ class InferenceStatistics:
                 times[1] += timings.compute_input
                 times[2] += timings.compute_infer
                 times[3] += timings.compute_output
-                if timings.execution:
-                    model.executions += 1
-                    batch = model.batches.setdefault(timings.execution, [0, 0])
-                    batch[0] += 1
-                    batch[1] += timings.compute_infer
 
     def report(self, op: str, version: str) -> dict[str, Any]:
         """One model's entry of `model_stats`, in Triton's form."""

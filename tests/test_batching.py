@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from app import pipeline
 from app.endpoint import incoming
 from app.native import decode_native
+from app.operations import OPERATIONS
 from app.statistics import Timings
 from tests.conftest import Client
 
@@ -105,6 +106,7 @@ def test_layouts_and_binary_answers_are_sliced_per_request(batching):
     ("op", "document"),
     [
         ("fractional-max2d", {"kernel_size": 2, "output_size": 2, "random_seed": 3}),  # draws per plane: alone
+        ("lp2d", {"kernel_size": 2, "norm_type": 1.5}),  # torch's pow rounds by where an element lies
         ("max2d", {"kernel_size": 2, "return_indices": True, "indices_layout": "global"}),  # counts across the batch
     ],
 )
@@ -177,3 +179,72 @@ def test_a_batch_torch_refuses_is_answered_request_by_request(batching, monkeypa
     for x, answer in zip(xs, batching._portal.call(run), strict=True):
         expected = F.max_pool2d(torch.from_numpy(x), 2).numpy()
         np.testing.assert_array_equal(np.array(pipeline.orjson.loads(answer.body)["output"], np.float32), expected)
+
+
+def test_inputs_in_another_memory_order_run_alone(batching):
+    xs = inputs(3, (2, 3, 5, 5), seed=8)
+    requests = []
+    for x in xs:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asfortranarray(x))  # torch reads it by another path, summing in another order
+        headers = {"content-type": "application/x-npy"}
+        requests.append({"url": "/pool/global-avg2d", "content": buffer.getvalue(), "headers": headers})
+    for x, response in zip(xs, together(batching, requests), strict=True):
+        expected = F.adaptive_avg_pool2d(torch.from_numpy(np.asfortranarray(x)), 1).numpy()
+        np.testing.assert_array_equal(np.load(io.BytesIO(response.content))["output"], expected)
+    assert stats(batching, "global-avg2d")["execution_count"] == 3
+
+
+def test_an_answer_that_cannot_be_given_leaves_no_request_waiting(batching, monkeypatch):
+    runtime = batching.app.state.runtime
+    xs = inputs(3, (1, 1, 4, 4), seed=9)
+    made = jobs(batching, xs)
+
+    def broken(job: pipeline.Job[Any], out: np.ndarray, indices: np.ndarray | None) -> Any:
+        raise StopIteration  # what no future can carry
+
+    made[0].decoded.encode = broken
+
+    async def run() -> list[Any]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(runtime.batcher.submit(job) for job in made), return_exceptions=True), 5
+        )
+
+    first, *rest = batching._portal.call(run)
+    assert isinstance(first, RuntimeError)
+    for x, answer in zip(xs[1:], rest, strict=True):
+        expected = F.max_pool2d(torch.from_numpy(x), 2).numpy()
+        np.testing.assert_array_equal(np.array(pipeline.orjson.loads(answer.body)["output"], np.float32), expected)
+    assert made[0].timings is not None and made[0].timings.execution == 3  # the batch ran, and is counted
+
+
+BATCHABLE = [name for name, operation in OPERATIONS.items() if operation.family.batchable]
+PARAMETERS = {
+    "max": {"kernel_size": 3, "stride": 2, "padding": 1, "return_indices": True},
+    "avg": {"kernel_size": 3, "stride": 2, "padding": [[0, 1]], "count_include_pad": False},
+    "adaptive-max": {"output_size": 3, "return_indices": True},
+    "adaptive-avg": {"output_size": 3},
+    "global-max": {"return_indices": True, "keepdims": False},
+    "global-avg": {},
+}
+
+
+@pytest.mark.parametrize("op", BATCHABLE)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int32"])
+def test_a_batched_answer_is_the_answer_alone_byte_for_byte(batching, op, dtype):
+    operation = OPERATIONS[op]
+    if dtype not in operation.family.dtypes:
+        pytest.skip(f"{op} takes no {dtype}")
+    parameters = dict(PARAMETERS[operation.family.name])
+    if operation.family.name == "avg":
+        parameters["padding"] = parameters["padding"] * operation.rank
+    rng = np.random.default_rng(10)
+    shape = (2, 3, *([7] * operation.rank))
+    xs = [(rng.standard_normal(shape) * 100).astype(dtype) for _ in range(5)]
+    requests = [{"url": f"/pool/{op}", "json": {"input": x.tolist(), "dtype": dtype, **parameters}} for x in xs]
+    alone = [batching.post(**request) for request in requests]
+    batched = together(batching, requests)
+    assert [response.status_code for response in alone] == [200] * 5
+    assert [response.content for response in batched] == [response.content for response in alone]
+    model = stats(batching, op)
+    assert (model["inference_count"], model["execution_count"]) == (10, 6)  # five alone, then one batch
