@@ -131,8 +131,9 @@ async def run_operation(
     operation: Operation, request: Incoming, runtime: Runtime, decoder: Decoder[bytearray, R], timings: Timings
 ) -> R:
     """One request. A small one is decoded, pooled and encoded right on the event loop,
-    where a thread hop would cost more than the work; a large body, or a large output,
-    goes to the bounded compute pool, so cheap requests never wait behind it here."""
+    where a thread hop would cost more than the work (pooled in one torch call with
+    others of its plan that arrive together, `app.batching`); a large body, or a large
+    output, goes to the bounded compute pool, so cheap requests never wait behind it here."""
     coding = request_coding(request.headers.get("content-encoding"))
     reading = time.perf_counter_ns()
     raw = await read_body(request, runtime.max_body_bytes, runtime.bodies, runtime.pace)

@@ -7,7 +7,9 @@ uvloop, the service's connection protocol, one worker) on loopback ports, then:
 - W1 tiny: max2d k=2 on 1x1x4x4 float32, nested JSON, return_indices; wrk
   with 32 connections against the service and against the baseline, in
   alternating rounds; for reference, also against a FastAPI endpoint that
-  only parses, pools and encodes (the least a pooling endpoint can do).
+  only parses, pools and encodes (the least a pooling endpoint can do), and
+  the service pooling each request alone (POOL_MAX_BATCH=1); and one
+  client's latency with batching and without.
 - W2 medium JSON: max2d k=2 on 1x16x128x128 float32 as nested JSON, one
   client, against orjson decode + max_pool2d + encode in process.
 - W3 large: max2d k=2 s=2 on 8x64x112x112 float32 (25.7 MB) as a raw .npy
@@ -389,14 +391,17 @@ def main() -> None:
             server(SERVICE, args.threads) as (port, _),
             server("minimal", args.threads) as (minimal_port, _),
             server(SERVICE, args.threads, environment={"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as (traced, _),
+            server(SERVICE, args.threads, environment={"POOL_MAX_BATCH": "1"}) as (unbatched, _),
         ):
-            ports = (base_port, port, minimal_port, traced)
+            ports = (base_port, port, minimal_port, traced, unbatched)
             for each in ports:
                 wrk(each, tiny, 2)
             rounds = [[wrk(each, tiny, args.seconds) for each in ports] for _ in range(args.rounds)]
-        base, ours, minimal, with_traces = (
+            # One client: what a lone request waits, with batching and without.
+            lone = [[wrk(each, tiny, args.seconds, connections=1) for each in (port, unbatched)] for _ in range(2)]
+        base, ours, minimal, with_traces, alone = (
             {key: statistics.median(r[column][key] for r in rounds) for key in ("rps", "p50", "p99")}
-            for column in range(4)
+            for column in range(5)
         )
         print(
             f"{'W1 tiny max2d, 32 clients: requests/s':<44} {ours['rps']:10.0f} {'':<5} {base['rps']:10.0f} "
@@ -410,6 +415,12 @@ def main() -> None:
             f"{'   reference: FastAPI + max_pool2d, no checks':<44} {minimal['rps']:10.0f} {'':<5} "
             f"{base['rps']:10.0f} {'':<5} {minimal['rps'] / base['rps']:6.2f}x"
         )
+        print(
+            f"{'   each request its own torch call (no batch)':<44} {alone['rps']:10.0f} {'':<5} "
+            f"{base['rps']:10.0f} {'':<5} {alone['rps'] / base['rps']:6.2f}x"
+        )
+        one = [statistics.median(r[column]["p50"] for r in lone) for column in range(2)]
+        print(f"{'   one client, p50 (ms): batching / none':<44} {one[0]:10.2f} {'':<5} {one[1]:10.2f}")
         print(
             f"{'   traced (OTLP to a local sink), over untraced':<44} {with_traces['rps']:10.0f} {'':<5} "
             f"{ours['rps']:10.0f} {'':<5} {with_traces['rps'] / ours['rps']:6.2f}x"
