@@ -32,7 +32,13 @@ _HALF = (torch.float16, torch.bfloat16)
 PINNED_FROM_BYTES = 1 << 22  # below 4 MiB, pinning costs more than it saves
 
 
-_INFERENCE = threading.local()
+class _Pooling(threading.local):
+    """How this thread is set up to pool (`_inference`): 0 threads until it is."""
+
+    threads = 0
+
+
+_POOLING = _Pooling()
 
 
 class _Running(threading.local):
@@ -96,6 +102,7 @@ class Executor:
         self.on_cpu = self.device.type == "cpu"
         self.device_name = str(self.device)
         torch.set_num_threads(settings.torch_threads)
+        self._threads = settings.torch_threads
         self.workers = settings.max_concurrency
         self._pool: ThreadPoolExecutor | None = None  # made on first use, again after a close
         self._capacity = settings.max_concurrency + settings.max_queue
@@ -149,27 +156,17 @@ class Executor:
     def _release(self, _: asyncio.Future[Any]) -> None:
         self.taken -= 1
 
-    @classmethod
-    def _stoppable(cls, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
+    def _stoppable(self, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
         _RUNNING.stop = stop
         try:
-            return cls._inference(fn, *args)
+            return _inference(self._threads, fn, *args)
         finally:
             _RUNNING.stop = _RUNNING.deadline = None
 
     def inline(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in inference mode, here: for work of microseconds."""
-        return self._inference(fn, *args)
-
-    @staticmethod
-    def _inference(fn: Callable[..., T], *args: Any) -> T:
-        if not torch.is_inference_mode_enabled():
-            # On once per thread and left on: the threads that pool (the event loop's
-            # and the pool's) never need autograd, and entering and leaving the mode
-            # around every call costs as much as pooling a small tensor.
-            _INFERENCE.mode = torch.inference_mode()
-            _INFERENCE.mode.__enter__()
-        return fn(*args)
+        """`fn(*args)` in inference mode, here: for work of microseconds, which torch
+        runs on this thread alone (waking its other threads would cost more)."""
+        return _inference(1, fn, *args)
 
     def to_device(self, array: np.ndarray, dtype: str) -> torch.Tensor:
         """The array on the device, copied once; large ones through pinned host memory,
@@ -187,6 +184,20 @@ class Executor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _inference(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` with this thread set up to pool, once: inference mode, on and left on
+    (the threads that pool never need autograd, and entering and leaving the mode around
+    every call costs as much as pooling a small tensor), and torch's intra-op threads for
+    the work this thread runs, which torch keeps per thread."""
+    if _POOLING.threads != threads:
+        if not _POOLING.threads:
+            _POOLING.mode = torch.inference_mode()
+            _POOLING.mode.__enter__()
+        torch.set_num_threads(threads)
+        _POOLING.threads = threads
+    return fn(*args)
 
 
 def _abandon(work: Future[Any], stop: threading.Event, future: asyncio.Future[Any]) -> None:

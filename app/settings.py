@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default_factory=available_cores,
         ge=1,
-        description="Torch intra-op threads (default: the cores this process may use).",
+        description="Torch intra-op threads of each computation in the compute pool (default: the cores this "
+        "process may use); the small ones on the event loop run on one.",
     )
 
     @field_validator("api_keys", "cors_origins", mode="before")

@@ -31,7 +31,7 @@ class Client:
 
     def __init__(self, app_options: dict[str, Any] | None = None, **settings: Any) -> None:
         app_options = app_options or {}
-        self.app = create_app(Settings(device="cpu", torch_threads=1, **settings), **app_options)
+        self.app = create_app(Settings(**{"device": "cpu", "torch_threads": 1, **settings}), **app_options)
         # Request lines go nowhere (a test that reads them reads this stream), so nothing
         # is written after pytest's closing summary.
         self.access_log = self.app.state.runtime.access_log

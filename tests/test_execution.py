@@ -43,3 +43,18 @@ def test_cached_plans_keep_shapes_and_dtypes_apart(client):
         "/pool/avg2d", json={"input": np.round(X[:, :, :4, :4] * 10).tolist(), "dtype": "int32", "kernel_size": 2}
     )
     assert as_int.status_code == 422  # the float32 plan cached for avg2d does not admit int32
+
+
+def test_small_work_runs_torch_on_one_thread_and_the_pool_on_its_threads(make_client):
+    """Torch keeps its thread count per thread: the event loop's microsecond work would
+    only pay to wake the others (and leave them spinning on the cores the server needs)."""
+    import torch
+
+    client = make_client(torch_threads=2)
+    executor = client.app.state.runtime.executor
+
+    async def counts() -> tuple[int, int]:
+        return executor.inline(torch.get_num_threads), await executor.run(torch.get_num_threads)
+
+    assert client._portal.call(counts) == (1, 2)
+    assert client._portal.call(counts) == (1, 2)  # and stays so, whichever ran last
