@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from app.execution import Executor
 from app.pipeline import Job, compute, encoded, finish
 
 log = logging.getLogger("app.batching")
+R = TypeVar("R")
 
 
 class Batcher:
@@ -49,12 +50,12 @@ class Batcher:
             and not job.params.global_indices()
         )
 
-    def submit(self, job: Job[Any]) -> asyncio.Future[Any]:
+    def submit(self, job: Job[R]) -> asyncio.Future[R]:
         """The job's answer, once it has been pooled with the others of its plan that
         arrived in the same turn of the event loop (at most `max_batch` in one call)."""
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        key = id(job.plan)  # a plan outlives its jobs: the id names it while they wait
+        key = id(job.plan)  # the jobs waiting keep their plan alive, so no other plan has its id
         batch = self._open.get(key)
         if batch is None or len(batch) >= self._max_batch:
             batch = self._open[key] = []
@@ -70,7 +71,7 @@ class Batcher:
             self._answer(waiting)
         finally:  # whatever escaped, no request is left waiting for an answer that will not come
             for _, answer in waiting:
-                _settle(answer, RuntimeError("the batch this request was pooled in ended without its answer"))
+                _resolve(answer, RuntimeError("the batch this request was pooled in ended without its answer"))
 
     def _answer(self, waiting: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
         if len(waiting) > 1:
@@ -80,16 +81,16 @@ class Batcher:
                 log.debug("a batch of %d failed; its requests run alone", len(waiting), exc_info=True)
             else:
                 for (_, answer), result in zip(waiting, answers, strict=True):
-                    _settle(answer, result)
+                    _resolve(answer, result)
                 return
         for job, answer in waiting:
             try:
-                _settle(answer, self._executor.inline(finish, job))
+                _resolve(answer, self._executor.inline(finish, job))
             except Exception as exc:
-                _settle(answer, exc)
+                _resolve(answer, exc)
 
 
-def _settle(answer: asyncio.Future[Any], result: Any) -> None:
+def _resolve(answer: asyncio.Future[Any], result: Any) -> None:
     """The answer, or the exception, for a request still waiting."""
     if answer.done():
         return
@@ -106,9 +107,6 @@ def _together(jobs: list[Job[Any]]) -> list[Any]:
     """Jobs of one plan pooled as one batch: each one's answer (or the exception its
     encoding raised), in order."""
     first = jobs[0]
-    for job in jobs:
-        if job.timings is not None:
-            job.timings.started()
     computing = time.perf_counter_ns()
     arrays = [job.tensors["input"].array for job in jobs]
     out, indices = compute(first, np.concatenate(arrays))

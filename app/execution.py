@@ -101,6 +101,7 @@ class Executor:
         self.device = resolve_device(settings.device)
         self.on_cpu = self.device.type == "cpu"
         self.device_name = str(self.device)
+        # The count for threads that never pool; those that do set their own (`_inference`).
         torch.set_num_threads(settings.torch_threads)
         self._threads = settings.torch_threads
         self.workers = settings.max_concurrency
@@ -195,6 +196,9 @@ def _inference(threads: int, fn: Callable[..., T], *args: Any) -> T:
         if not _POOLING.threads:
             _POOLING.mode = torch.inference_mode()
             _POOLING.mode.__enter__()
+            # Torch sets a thread's count up on its first parallel call, from the count any
+            # thread set last: have that happen now, so that it cannot undo the one below.
+            torch.get_num_threads()
         torch.set_num_threads(threads)
         _POOLING.threads = threads
     return fn(*args)

@@ -100,6 +100,11 @@ class Family(Generic[P]):
     examples: Callable[[int], dict[str, dict[str, Any]]] = field(default=lambda rank: {})
     meaning: str = ""  # what it computes and what it is for, for the docs
 
+    def __post_init__(self) -> None:
+        if self.batchable and (self.extra_tensors or self.before_pieces is not None):
+            # A batch is pooled with its first request's extra tensors and whole-tensor step.
+            raise ValueError(f"{self.name}: a family with tensors besides the input cannot be batched")
+
 
 @dataclass(frozen=True)
 class Operation:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -44,9 +44,6 @@ from app.requests import BodyBudget, Incoming, PaceKeeper, disconnected, read_bo
 from app.statistics import InferenceStatistics, Timings
 from app.telemetry import AccessLog, Metrics
 
-if TYPE_CHECKING:
-    from app.batching import Batcher
-
 log = logging.getLogger("app.pipeline")
 R = TypeVar("R")  # a door's answer
 B = TypeVar("B", bytes, bytearray)  # a door's body
@@ -68,7 +65,7 @@ class Runtime:
     metrics: Metrics
     access_log: AccessLog
     statistics: InferenceStatistics
-    batcher: Batcher
+    batcher: Batching
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     tracer: Tracer | None = None  # None: tracing is off (`app.tracing`)
 
@@ -120,6 +117,14 @@ class DryRun:
     padding: list[list[int]] | None
     work: int
     device: str
+
+
+class Batching(Protocol):
+    """Where small jobs of one plan are pooled together (`app.batching.Batcher`)."""
+
+    def takes(self, job: Job[Any]) -> bool: ...
+
+    def submit(self, job: Job[R]) -> Awaitable[R]: ...
 
 
 Encoder = Callable[[Job[R], np.ndarray, "np.ndarray | None"], R]

@@ -8,7 +8,8 @@ protocol's infer), from the moment its body is in: a refusal before that (a limi
 an encoding) never reached the model, and a dry run is no inference. Phases are measured where they
 happen, on the event loop or in a pool thread, into the request's `Timings`; `record` adds
 them under a lock. Requests pooled together in one torch call (`app.batching`) are one
-execution: `execution_count` and `batch_stats` count those.
+execution: `execution_count` and `batch_stats` count those, and each request's
+`compute_infer` is that call's time, as Triton counts a batch's.
 """
 
 from __future__ import annotations

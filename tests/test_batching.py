@@ -251,3 +251,11 @@ def test_a_batched_answer_is_the_answer_alone_byte_for_byte(batching, op, dtype)
     assert [response.content for response in batched] == [response.content for response in alone]
     model = stats(batching, op)
     assert (model["inference_count"], model["execution_count"]) == (10, 6)  # five alone, then one batch
+
+
+def test_a_family_with_tensors_besides_the_input_cannot_be_declared_batchable():
+    import dataclasses
+
+    unpool = next(operation.family for operation in OPERATIONS.values() if operation.family.extra_tensors)
+    with pytest.raises(ValueError, match="cannot be batched"):
+        dataclasses.replace(unpool, batchable=True)

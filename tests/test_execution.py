@@ -50,11 +50,15 @@ def test_small_work_runs_torch_on_one_thread_and_the_pool_on_its_threads(make_cl
     only pay to wake the others (and leave them spinning on the cores the server needs)."""
     import torch
 
-    client = make_client(torch_threads=2)
+    client = make_client(torch_threads=2, max_concurrency=1)
     executor = client.app.state.runtime.executor
 
     async def counts() -> tuple[int, int]:
-        return executor.inline(torch.get_num_threads), await executor.run(torch.get_num_threads)
+        # The pool's thread first runs work that calls no torch (a refused request does
+        # not), then the event loop sets its own count, then the pool's thread pools.
+        await executor.run(lambda: None)
+        inline = executor.inline(torch.get_num_threads)
+        return inline, await executor.run(torch.get_num_threads)
 
     assert client._portal.call(counts) == (1, 2)
     assert client._portal.call(counts) == (1, 2)  # and stays so, whichever ran last
