@@ -67,17 +67,15 @@ class WindowPlan:
         return all(size >= d * (k - 1) + 1 for size, k, d in zip(self.spatial, self.kernel, self.dilation, strict=True))
 
     @cached_property
-    def torch_padding(self) -> tuple[int, ...]:
-        return tuple(b for b, _ in self.pads)
-
-    @cached_property
     def torch_args(self) -> tuple[int | tuple[int, ...], ...]:
-        """kernel, stride, padding and dilation as torch's pooling takes them, each an int
-        where every dimension agrees: torch reads an int faster than a tuple, which
-        matters when the pooling itself takes microseconds."""
+        """kernel, stride, padding (torch's symmetric form: the begin pads) and dilation
+        as torch's pooling takes them, each an int where every dimension agrees: torch
+        reads an int faster than a tuple, which matters when the pooling itself takes
+        microseconds."""
+        padding = tuple(begin for begin, _ in self.pads)
         return tuple(
             values[0] if len(set(values)) == 1 else values
-            for values in (self.kernel, self.stride, self.torch_padding, self.dilation)
+            for values in (self.kernel, self.stride, padding, self.dilation)
         )
 
 
